@@ -1,0 +1,221 @@
+//! A container: its bundle, its runc, its init process, its rootfs mounts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Context, Error, Result};
+use crate::mount::{self, Mount};
+use crate::options::{self, Options};
+use crate::process::Process;
+use crate::protos::shim::shim::CreateTaskRequest;
+use crate::runc::{CreateOpts, Runc};
+use crate::stdio::{self, relay::Relay, StdioPaths};
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub runc: Runc,
+    pub options: Options,
+    pub init: Arc<Process>,
+    pub mounts: Vec<Mount>,
+    /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
+    pub kill_all_on_exit: bool,
+}
+
+/// Ids become path components (bundle, runc state, pid files): refuse anything that could escape.
+pub fn validate_id(what: &str, id: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::InvalidArgument(format!("invalid {what} {id:?}: {why}")));
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    if id.contains('/') || id.contains('\0') {
+        return bad("contains '/' or NUL");
+    }
+    if id.contains("..") {
+        return bad("contains '..'");
+    }
+    if id.starts_with('-') {
+        return bad("starts with '-'");
+    }
+    Ok(())
+}
+
+/// Reads whether the spec gives the container a pid namespace of its own.
+fn has_private_pid_ns(bundle: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else { return false };
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    spec.pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.get("type").and_then(|t| t.as_str()) == Some("pid")
+                    && n.get("path").and_then(|p| p.as_str()).unwrap_or("").is_empty()
+            })
+        })
+}
+
+/// Writes a file through a temporary name, so no reader sees half of it and no symlink planted at the
+/// final name is followed.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    fs::write(&tmp, data)?;
+    fs::rename(&tmp, path)
+}
+
+impl Container {
+    /// Mounts the rootfs, opens the IO and runs `runc create`. On any failure everything done so far
+    /// is undone: no mount, process, runc state or fd is left behind.
+    pub fn create(req: &CreateTaskRequest, namespace: &str, relay: &Relay) -> Result<Container> {
+        let id = req.id.as_str();
+        let bundle = PathBuf::from(&req.bundle);
+        if !bundle.is_absolute() || !bundle.is_dir() {
+            return Err(Error::InvalidArgument(format!("bundle {:?} is not an existing absolute directory", req.bundle)));
+        }
+        if !bundle.join("config.json").is_file() {
+            return Err(Error::InvalidArgument(format!("bundle {:?} has no config.json", req.bundle)));
+        }
+        let opts = match req.options.as_ref() {
+            Some(a) => options::from_any(&a.type_url, &a.value)?,
+            None => Options::default(),
+        };
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unimplemented("restore from a checkpoint is not supported by this shim yet".into()));
+        }
+        let runc = Runc::new(&opts.binary_name, &opts.root, namespace, &bundle, opts.systemd_cgroup);
+        write_atomic(&bundle.join("options.json"), &serde_json::to_vec(&opts).unwrap_or_default())
+            .ctx(|| "writing options.json")?;
+        write_atomic(&bundle.join("runtime"), opts.binary_name.as_bytes()).ctx(|| "writing runtime")?;
+
+        let mounts: Vec<Mount> = req
+            .rootfs
+            .iter()
+            .map(|m| Mount { kind: m.type_.clone(), source: m.source.clone(), target: m.target.clone(), options: m.options.clone() })
+            .collect();
+        let rootfs = bundle.join("rootfs");
+        if !mounts.is_empty() {
+            if let Err(e) = fs::create_dir(&rootfs) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(Error::Other(format!("creating {}: {e}", rootfs.display())));
+                }
+            }
+            for m in &mounts {
+                if let Err(e) = m.mount_at(&rootfs) {
+                    let _ = mount::unmount_recursive(&rootfs);
+                    return Err(e);
+                }
+            }
+        }
+        let undo_mounts = || {
+            if !mounts.is_empty() {
+                if let Err(e) = mount::unmount_recursive(&rootfs) {
+                    log::warn!("cleanup of {}: {e}", rootfs.display());
+                }
+            }
+        };
+
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let (child, pending) = match stdio::prepare(&paths, opts.io_uid, opts.io_gid) {
+            Ok(x) => x,
+            Err(e) => {
+                undo_mounts();
+                return Err(e);
+            }
+        };
+        let pid_file = bundle.join("init.pid");
+        let created = runc.create(
+            id,
+            &CreateOpts {
+                bundle: &bundle,
+                pid_file: &pid_file,
+                console_socket: None,
+                no_pivot: opts.no_pivot_root,
+                no_new_keyring: opts.no_new_keyring,
+            },
+            child.into_stdio(),
+        );
+        let pid = created.and_then(|()| read_pid(&pid_file));
+        let pid = match pid {
+            Ok(p) => p,
+            Err(e) => {
+                // runc may have got as far as leaving state (and a runc init) behind.
+                let _ = runc.delete(id, true);
+                drop(pending);
+                undo_mounts();
+                return Err(e);
+            }
+        };
+        let init = Arc::new(Process::new(id, None, paths));
+        init.set_pid(pid);
+        *init.io.lock().unwrap() = Some(pending.start(relay));
+        Ok(Container {
+            id: id.to_string(),
+            kill_all_on_exit: !has_private_pid_ns(&bundle),
+            bundle,
+            runc,
+            options: opts,
+            init,
+            mounts,
+        })
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.bundle.join("rootfs")
+    }
+
+    pub fn unmount(&self) -> Result<()> {
+        if self.mounts.is_empty() {
+            return Ok(());
+        }
+        mount::unmount_recursive(&self.rootfs())
+    }
+}
+
+pub fn read_pid(path: &Path) -> Result<u32> {
+    let text = fs::read_to_string(path).ctx(|| format!("reading pid file {}", path.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::Other(format!("pid file {} holds {:?}, not a pid", path.display(), text.trim())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_are_refused() {
+        for bad in ["", "a/b", "..", "../x", "a..b", "x\0y", "-rf", &"x".repeat(256)] {
+            assert!(matches!(validate_id("id", bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+        for good in ["c1", "my-container_1.2", "0123456789abcdef"] {
+            validate_id("id", good).unwrap();
+        }
+    }
+
+    #[test]
+    fn pid_namespace_detection() {
+        let dir = std::env::temp_dir().join(format!("rr-pidns-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let spec = |ns: &str| fs::write(dir.join("config.json"), format!(r#"{{"linux":{{"namespaces":[{ns}]}}}}"#)).unwrap();
+        spec(r#"{"type":"mount"},{"type":"pid"}"#);
+        assert!(has_private_pid_ns(&dir));
+        spec(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#);
+        assert!(!has_private_pid_ns(&dir));
+        spec(r#"{"type":"mount"}"#);
+        assert!(!has_private_pid_ns(&dir));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,74 @@
+//! Daemon mode: the long-running shim that serves ttrpc to containerd.
+
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use crate::bootstrap::LISTENER_FD;
+use crate::cli::Flags;
+use crate::error::{Context, Result};
+use crate::events::{Containerd, Publisher};
+use crate::protos::shim::shim_ttrpc::create_task;
+use crate::service::Service;
+use crate::stdio::relay::Relay;
+
+/// Points stderr (and so the logger and any panic message) at the bundle's `log` fifo.
+fn open_log() {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("log")
+    else {
+        return;
+    };
+    unsafe { libc::dup2(f.as_raw_fd(), 2) };
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+pub fn run(flags: &Flags) -> Result<()> {
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    open_log();
+    crate::logger::init(flags.debug);
+    // The inherited listener must not leak into runc or the containers.
+    let listener = if nix::sys::stat::fstat(LISTENER_FD).is_ok() {
+        unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        LISTENER_FD
+    } else if !flags.socket.is_empty() {
+        let l = std::os::unix::net::UnixListener::bind(&flags.socket).ctx(|| format!("listening on {}", flags.socket))?;
+        std::os::fd::IntoRawFd::into_raw_fd(l)
+    } else {
+        return Err(crate::error::Error::InvalidArgument("no listener: run through `start`".into()));
+    };
+
+    let (shutdown_tx, shutdown_rx) = channel::<()>();
+    let on_term = shutdown_tx.clone();
+    crate::reaper::start_signal_thread(Some(Box::new(move || {
+        let _ = on_term.send(());
+    })))
+    .ctx(|| "installing signal handlers")?;
+    let relay = Relay::start().ctx(|| "starting the io thread")?;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
+    let service = Service::start(&flags.namespace, events, relay, shutdown_tx);
+
+    let mut server = ttrpc::Server::new()
+        .add_listener(listener)
+        .map_err(|e| crate::error::Error::Other(format!("ttrpc listener: {e}")))?
+        .register_service(create_task(service.clone()))
+        .set_thread_count_min(1)
+        .set_thread_count_default(2)
+        .set_thread_count_max(4);
+    server.start().map_err(|e| crate::error::Error::Other(format!("starting the ttrpc server: {e}")))?;
+    log::info!("shim {} serving {} in namespace {}", std::process::id(), flags.id, flags.namespace);
+
+    let _ = shutdown_rx.recv();
+    log::info!("shutting down");
+    service.events().flush(Duration::from_secs(5));
+    if !flags.socket.is_empty() {
+        let _ = std::fs::remove_file(&flags.socket);
+    }
+    // Give the Shutdown reply a moment to leave before the process (and the connection) goes.
+    std::thread::sleep(Duration::from_millis(10));
+    std::process::exit(0)
+}

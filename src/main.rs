@@ -1,0 +1,49 @@
+//! containerd-shim-rustrunc-v2: a containerd runtime-v2 shim for runc.
+
+mod bootstrap;
+mod cgroup;
+mod cli;
+mod container;
+mod daemon;
+mod error;
+mod events;
+mod logger;
+mod mount;
+mod options;
+mod process;
+mod protos;
+mod reaper;
+mod runc;
+mod service;
+mod stdio;
+
+use cli::Action;
+
+fn main() {
+    let flags = match cli::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.version {
+        let name = std::env::args().next().unwrap_or_default();
+        let base = std::path::Path::new(&name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(name);
+        println!("{base}:\n  Version:  {}\n  Revision: {}\n", env!("CARGO_PKG_VERSION"), option_env!("GIT_REVISION").unwrap_or("unknown"));
+        return;
+    }
+    if flags.info {
+        eprintln!("-info is not implemented by this shim yet");
+        std::process::exit(1);
+    }
+    let result = match flags.action {
+        Action::Start => bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes())),
+        Action::Delete => bootstrap::delete(&flags).map(|resp| bootstrap::print(&resp)),
+        Action::Daemon => daemon::run(&flags),
+    };
+    if let Err(e) = result {
+        eprintln!("{:?} failed: {e}", flags.action);
+        std::process::exit(1);
+    }
+}

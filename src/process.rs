@@ -1,0 +1,260 @@
+//! A process (a container's init or an exec) and its state machine. Transition methods refuse illegal
+//! moves with FailedPrecondition (NotFound once deleted). Starting and Deleting are transient states
+//! that close the races between concurrent RPCs and the exit handler.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+use crate::protos::shim::task::Status;
+use crate::stdio::{ProcessIo, StdioPaths};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Starting,
+    Running,
+    Stopped,
+    Deleting,
+    Deleted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub status: u32,
+    pub at: SystemTime,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    pid: u32,
+    exit: Option<ExitInfo>,
+    /// The state Delete rolls back to if it fails.
+    before_delete: State,
+}
+
+pub struct Process {
+    pub container_id: String,
+    /// None for the container's init.
+    pub exec_id: Option<String>,
+    pub stdio: StdioPaths,
+    inner: Mutex<Inner>,
+    exited: Condvar,
+    pub io: Mutex<Option<ProcessIo>>,
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Created => "created",
+        State::Starting => "starting",
+        State::Running => "running",
+        State::Stopped => "stopped",
+        State::Deleting => "deleting",
+        State::Deleted => "deleted",
+    }
+}
+
+impl Process {
+    pub fn new(container_id: &str, exec_id: Option<&str>, stdio: StdioPaths) -> Process {
+        Process {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.map(str::to_string),
+            stdio,
+            inner: Mutex::new(Inner { state: State::Created, pid: 0, exit: None, before_delete: State::Created }),
+            exited: Condvar::new(),
+            io: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id containerd knows the process by: the exec id, or the container id for init.
+    pub fn id(&self) -> &str {
+        self.exec_id.as_deref().unwrap_or(&self.container_id)
+    }
+
+    pub fn is_init(&self) -> bool {
+        self.exec_id.is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.lock().pid
+    }
+
+    pub fn set_pid(&self, pid: u32) {
+        self.lock().pid = pid;
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    pub fn exit(&self) -> Option<ExitInfo> {
+        self.lock().exit
+    }
+
+    /// The status reported to containerd.
+    pub fn status(&self) -> Status {
+        match self.state() {
+            State::Created | State::Starting => Status::CREATED,
+            State::Running => Status::RUNNING,
+            State::Stopped | State::Deleting | State::Deleted => Status::STOPPED,
+        }
+    }
+
+    fn refuse(&self, op: &str, s: State) -> Error {
+        if s == State::Deleted {
+            Error::NotFound(format!("process {} of container {} is deleted", self.id(), self.container_id))
+        } else {
+            Error::FailedPrecondition(format!("cannot {op} a {} process", state_name(s)))
+        }
+    }
+
+    /// Created -> Starting.
+    pub fn begin_start(&self) -> Result<()> {
+        let mut g = self.lock();
+        match g.state {
+            State::Created => {
+                g.state = State::Starting;
+                Ok(())
+            }
+            s => Err(self.refuse("start", s)),
+        }
+    }
+
+    /// Starting -> Running, or back to Created when the start failed. An exit seen meanwhile wins.
+    pub fn end_start(&self, ok: bool) {
+        let mut g = self.lock();
+        if g.state == State::Starting {
+            g.state = if ok { State::Running } else { State::Created };
+        }
+    }
+
+    /// Records the exit; false when the process was already stopped or deleted (nothing to report).
+    pub fn set_exited(&self, status: u32) -> bool {
+        let mut g = self.lock();
+        match g.state {
+            State::Created | State::Starting | State::Running => {
+                g.state = State::Stopped;
+                g.exit = Some(ExitInfo { status, at: SystemTime::now() });
+                self.exited.notify_all();
+                true
+            }
+            State::Stopped | State::Deleting | State::Deleted => false,
+        }
+    }
+
+    /// Created or Stopped -> Deleting.
+    pub fn begin_delete(&self) -> Result<()> {
+        let mut g = self.lock();
+        match g.state {
+            State::Created | State::Stopped => {
+                g.before_delete = g.state;
+                g.state = State::Deleting;
+                Ok(())
+            }
+            s => Err(self.refuse("delete", s)),
+        }
+    }
+
+    /// Deleting -> Deleted (releasing waiters), or back to where it was when the delete failed.
+    pub fn end_delete(&self, ok: bool) {
+        let mut g = self.lock();
+        if g.state != State::Deleting {
+            return;
+        }
+        if ok {
+            g.state = State::Deleted;
+            self.exited.notify_all();
+        } else {
+            g.state = g.before_delete;
+        }
+    }
+
+    /// Whether the process can still be signalled.
+    pub fn check_kill(&self) -> Result<()> {
+        match self.state() {
+            State::Deleted => Err(self.refuse("kill", State::Deleted)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Blocks until the process exited (or was deleted without ever running).
+    pub fn wait(&self) -> ExitInfo {
+        let mut g = self.lock();
+        loop {
+            if let Some(e) = g.exit {
+                return e;
+            }
+            if g.state == State::Deleted {
+                return ExitInfo { status: 0, at: SystemTime::UNIX_EPOCH };
+            }
+            g = self.exited.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn p() -> Process {
+        Process::new("c", None, StdioPaths::default())
+    }
+
+    #[test]
+    fn lifecycle_table() {
+        let p = p();
+        assert_eq!(p.status(), Status::CREATED);
+        p.begin_start().unwrap();
+        assert!(matches!(p.begin_start(), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))));
+        p.end_start(true);
+        assert_eq!(p.status(), Status::RUNNING);
+        let e = p.begin_delete().unwrap_err();
+        assert_eq!(e, Error::FailedPrecondition("cannot delete a running process".into()));
+        assert!(p.set_exited(3));
+        assert!(!p.set_exited(4), "an exit is recorded once");
+        assert_eq!(p.exit().unwrap().status, 3);
+        assert!(matches!(p.begin_start(), Err(Error::FailedPrecondition(_))));
+        p.begin_delete().unwrap();
+        p.end_delete(false);
+        assert_eq!(p.state(), State::Stopped);
+        p.begin_delete().unwrap();
+        p.end_delete(true);
+        assert!(matches!(p.begin_delete(), Err(Error::NotFound(_))));
+        assert!(matches!(p.check_kill(), Err(Error::NotFound(_))));
+        assert_eq!(p.status(), Status::STOPPED);
+    }
+
+    #[test]
+    fn failed_start_returns_to_created_and_exit_during_start_wins() {
+        let a = p();
+        a.begin_start().unwrap();
+        a.end_start(false);
+        assert_eq!(a.state(), State::Created);
+        let b = p();
+        b.begin_start().unwrap();
+        assert!(b.set_exited(1));
+        b.end_start(true);
+        assert_eq!(b.state(), State::Stopped);
+    }
+
+    #[test]
+    fn wait_blocks_until_exit() {
+        let p = Arc::new(p());
+        p.begin_start().unwrap();
+        p.end_start(true);
+        let q = p.clone();
+        let t = std::thread::spawn(move || q.wait().status);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished());
+        p.set_exited(137);
+        assert_eq!(t.join().unwrap(), 137);
+    }
+}

@@ -1,0 +1,162 @@
+//! The one reaper. The shim is a child subreaper: container inits and execs are re-parented to it,
+//! and runc commands are its children. A single `waitpid(-1, WNOHANG)` loop (run on SIGCHLD) collects
+//! every exit. Commands spawned through [`spawn`] get their exit on their own channel; every other exit
+//! goes to the monitor (the task service). Spawning holds the reaper lock, so a command's exit can never
+//! be collected before its waiter is registered; nobody ever calls `Child::wait` (that races the loop
+//! and yields ECHILD).
+
+use std::io;
+use std::process::{Child, Command};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// An exit collected by the reaper. `status` is the exit code, or 128 + signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: u32,
+    pub status: u32,
+}
+
+struct State {
+    waiters: Vec<(u32, Sender<u32>)>,
+    monitor: Option<Sender<Exit>>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State { waiters: Vec::new(), monitor: None });
+
+fn lock() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Routes exits of processes not spawned through [`spawn`] (container processes) to `tx`.
+pub fn set_monitor(tx: Sender<Exit>) {
+    lock().monitor = Some(tx);
+}
+
+/// Collects every exited child. Called from the signal thread on SIGCHLD.
+pub fn reap() {
+    let mut st = lock();
+    loop {
+        let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, code as u32),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as u32),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::warn!("waitpid: {e}");
+                return;
+            }
+        };
+        let pid = pid.as_raw() as u32;
+        if let Some(i) = st.waiters.iter().position(|(p, _)| *p == pid) {
+            let (_, tx) = st.waiters.swap_remove(i);
+            let _ = tx.send(status);
+        } else if let Some(m) = &st.monitor {
+            let _ = m.send(Exit { pid, status });
+        }
+    }
+}
+
+/// A child spawned through the reaper; its exit status arrives from the reap loop.
+pub struct Spawned {
+    pub child: Child,
+    rx: Receiver<u32>,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait(&self) -> u32 {
+        // The sender is dropped only after sending, so recv fails only if the reaper state was torn down.
+        self.rx.recv().unwrap_or(255)
+    }
+
+    pub fn wait_timeout(&self, d: Duration) -> Option<u32> {
+        match self.rx.recv_timeout(d) {
+            Ok(s) => Some(s),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(255),
+        }
+    }
+}
+
+/// Spawns `cmd`, registering its waiter atomically with respect to the reap loop.
+pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
+    let mut st = lock();
+    let child = cmd.spawn()?;
+    let (tx, rx) = channel();
+    st.waiters.push((child.id(), tx));
+    Ok(Spawned { child, rx })
+}
+
+/// Forks with the reaper lock held and waits for the child through the reap loop. `child` runs in the
+/// forked child of a multithreaded process: it must make only async-signal-safe calls.
+pub fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
+    let rx = {
+        let mut st = lock();
+        match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => unsafe { libc::_exit(child()) },
+            pid => {
+                let (tx, rx) = channel();
+                st.waiters.push((pid as u32, tx));
+                rx
+            }
+        }
+    };
+    Ok(rx.recv().unwrap_or(255))
+}
+
+/// Starts the signal thread: SIGCHLD reaps; SIGTERM/SIGINT call `on_term` (None: ignore them).
+pub fn start_signal_thread(on_term: Option<Box<dyn Fn() + Send>>) -> io::Result<()> {
+    use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+    let mut sigs = vec![SIGCHLD];
+    if on_term.is_some() {
+        sigs.extend([SIGTERM, SIGINT]);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(&sigs)?;
+    std::thread::Builder::new().name("signals".into()).stack_size(64 * 1024).spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGCHLD {
+                reap();
+            } else if let Some(f) = &on_term {
+                f();
+            }
+        }
+    })?;
+    // A child may have exited before the handler was installed.
+    reap();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only unit test that spawns children: waitpid(-1) would steal other tests' children.
+    #[test]
+    fn exits_reach_the_waiter_and_the_monitor() {
+        start_signal_thread(None).unwrap();
+        let (tx, rx) = channel();
+        set_monitor(tx);
+        let ok = spawn(Command::new("true").arg("")).unwrap();
+        assert_eq!(ok.wait(), 0);
+        let three = spawn(Command::new("sh").args(["-c", "exit 3"])).unwrap();
+        assert_eq!(three.wait_timeout(Duration::from_secs(10)), Some(3));
+        let sleeper = spawn(&mut Command::new("sleep").arg("60")).unwrap();
+        nix::sys::signal::kill(Pid::from_raw(sleeper.pid() as i32), nix::sys::signal::SIGKILL).unwrap();
+        assert_eq!(sleeper.wait(), 137);
+        // Not spawned through the reaper: a grandchild-style exit goes to the monitor.
+        let plain = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let exit = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(exit, Exit { pid: plain.id(), status: 7 });
+    }
+}

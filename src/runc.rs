@@ -1,0 +1,259 @@
+//! Typed wrapper of the runc (or crun) command line. Every command is spawned through the reaper and
+//! waited through its broadcast. On failure the error carries runc's own message from `log.json`.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::reaper;
+
+pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
+
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: String,
+    /// `--root`: `<Options.root or /run/containerd/runc>/<namespace>`.
+    pub root: String,
+    /// `--log`: `<bundle>/log.json`.
+    pub log: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+#[derive(Debug)]
+pub struct CreateOpts<'a> {
+    pub bundle: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+}
+
+/// What a runc command printed.
+pub struct Output {
+    pub stdout: Vec<u8>,
+}
+
+impl Runc {
+    pub fn new(binary: &str, root: &str, namespace: &str, bundle: &Path, systemd_cgroup: bool) -> Runc {
+        let binary = if binary.is_empty() { "runc" } else { binary };
+        let root = if root.is_empty() { DEFAULT_ROOT } else { root };
+        Runc {
+            binary: binary.to_string(),
+            root: format!("{}/{namespace}", root.trim_end_matches('/')),
+            log: bundle.join("log.json"),
+            systemd_cgroup,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args);
+        // runc would notify systemd instead of the container's own sd_notify otherwise.
+        cmd.env_remove("NOTIFY_SOCKET");
+        // runc must not outlive the shim. Only prctl in the child: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs a command that prints little, capturing its stdout and stderr.
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        let mut cmd = self.command(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
+        if let (Some(data), Some(mut w)) = (stdin, sp.child.stdin.take()) {
+            use std::io::Write;
+            let _ = w.write_all(data);
+        }
+        let (stdout, stderr) = read_both(sp.child.stdout.take(), sp.child.stderr.take());
+        let status = sp.wait();
+        if status != 0 {
+            return Err(self.failure(args[0], status, &stderr));
+        }
+        Ok(Output { stdout })
+    }
+
+    fn spawn_error(&self, verb: &str, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::FailedPrecondition(format!("runtime binary {:?} not found (running {verb})", self.binary))
+        } else {
+            Error::Other(format!("{} {verb}: starting {:?}: {e}", self.binary, self.binary))
+        }
+    }
+
+    fn failure(&self, verb: &str, status: u32, stderr: &[u8]) -> Error {
+        let detail = last_log_error(&self.log)
+            .or_else(|| {
+                let s = String::from_utf8_lossy(stderr).trim().to_string();
+                (!s.is_empty()).then_some(s)
+            })
+            .unwrap_or_else(|| format!("exit status {status}"));
+        // runc's own message usually says "runc create failed: ..." already.
+        let msg = if detail.contains(&format!("{verb} failed")) {
+            detail.clone()
+        } else {
+            format!("{} {verb} failed: {detail}", self.binary)
+        };
+        // The messages runc uses for a process or container that is gone (checkKillError in Go).
+        let gone = ["does not exist", "container not running", "process already finished", "no such process"];
+        if gone.iter().any(|g| detail.contains(g)) {
+            Error::NotFound(msg)
+        } else {
+            Error::Other(msg)
+        }
+    }
+
+    /// `runc create`: the container's stdio are given as the child's fds 0, 1, 2.
+    pub fn create(&self, id: &str, o: &CreateOpts, stdio: [Stdio; 3]) -> Result<()> {
+        let mut args: Vec<&str> = vec!["create", "--bundle"];
+        let bundle = o.bundle.to_string_lossy();
+        let pid_file = o.pid_file.to_string_lossy();
+        args.push(&bundle);
+        args.extend(["--pid-file", &pid_file]);
+        let console;
+        if let Some(c) = o.console_socket {
+            console = c.to_string_lossy();
+            args.extend(["--console-socket", &console]);
+        }
+        if o.no_pivot {
+            args.push("--no-pivot");
+        }
+        if o.no_new_keyring {
+            args.push("--no-new-keyring");
+        }
+        args.push(id);
+        let _ = fs::remove_file(&self.log);
+        let mut cmd = self.command(&args);
+        let [i, out, err] = stdio;
+        cmd.stdin(i).stdout(out).stderr(err);
+        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error("create", e))?;
+        // runc's stdio are the container's: nothing to read here.
+        drop(cmd);
+        let status = sp.wait();
+        if status != 0 {
+            return Err(self.failure("create", status, b""));
+        }
+        Ok(())
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        self.run(&["start", id], None).map(drop)
+    }
+
+    pub fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, &sig]);
+        self.run(&args, None).map(drop)
+    }
+
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        self.run(&args, None).map(drop)
+    }
+}
+
+/// Reads a child's stdout and stderr to EOF together (poll), so neither pipe can fill up and block it.
+fn read_both(out: Option<std::process::ChildStdout>, err: Option<std::process::ChildStderr>) -> (Vec<u8>, Vec<u8>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut bufs = (Vec::new(), Vec::new());
+    let mut srcs: Vec<(Box<dyn Read>, i32, bool)> = Vec::new();
+    if let Some(o) = out {
+        let fd = o.as_raw_fd();
+        srcs.push((Box::new(o), fd, true));
+    }
+    if let Some(e) = err {
+        let fd = e.as_raw_fd();
+        srcs.push((Box::new(e), fd, false));
+    }
+    let mut chunk = [0u8; 4096];
+    while !srcs.is_empty() {
+        let ready: Vec<bool> = {
+            let borrowed: Vec<_> = srcs.iter().map(|(_, fd, _)| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }).collect();
+            let mut fds: Vec<PollFd> = borrowed.iter().map(|b| PollFd::new(*b, PollFlags::POLLIN)).collect();
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        };
+        let mut i = 0;
+        let mut k = 0;
+        srcs.retain_mut(|(r, _, is_out)| {
+            let keep = if ready[k] {
+                match r.read(&mut chunk) {
+                    Ok(0) | Err(_) => false,
+                    Ok(n) => {
+                        if *is_out { &mut bufs.0 } else { &mut bufs.1 }.extend_from_slice(&chunk[..n]);
+                        true
+                    }
+                }
+            } else {
+                true
+            };
+            k += 1;
+            i += 1;
+            keep
+        });
+    }
+    bufs
+}
+
+/// The last `"level":"error"` message runc wrote to its JSON log.
+pub fn last_log_error(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        (v.get("level")?.as_str()? == "error").then(|| v.get("msg")?.as_str().map(str::to_string))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_binary_defaults() {
+        let r = Runc::new("", "", "default", Path::new("/b"), false);
+        assert_eq!(r.binary, "runc");
+        assert_eq!(r.root, "/run/containerd/runc/default");
+        assert_eq!(r.log, Path::new("/b/log.json"));
+        let r = Runc::new("/usr/bin/crun", "/x/", "k8s.io", Path::new("/b"), true);
+        assert_eq!((r.binary.as_str(), r.root.as_str()), ("/usr/bin/crun", "/x/k8s.io"));
+    }
+
+    #[test]
+    fn log_json_last_error() {
+        let dir = std::env::temp_dir().join(format!("rr-logjson-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("log.json");
+        fs::write(
+            &p,
+            "{\"level\":\"error\",\"msg\":\"first\"}\n{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"runc create failed: unable to load config\"}\n{\"level\":\"info\",\"msg\":\"i\"}\n",
+        )
+        .unwrap();
+        assert_eq!(last_log_error(&p).as_deref(), Some("runc create failed: unable to load config"));
+        assert_eq!(last_log_error(&dir.join("missing")), None);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

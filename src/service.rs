@@ -1,0 +1,496 @@
+//! The Task service: one thin handler per RPC; errors become ttrpc codes in one place (error.rs).
+//! Exit bookkeeping follows the Go shim (`preStart`/`handleStarted`): subscribe to exits before runc
+//! forks a process, publish its start event, then reconcile the exits seen meanwhile, so an exit is
+//! never lost and never published before its start. No lock is held across a runc call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use protobuf::well_known_types::empty::Empty;
+
+use crate::container::{validate_id, Container};
+use crate::error::{Error, Result};
+use crate::events::{timestamp, Publisher};
+use crate::process::Process;
+use crate::protos::events::task as ev;
+use crate::protos::shim::shim::*;
+use crate::protos::shim::shim_ttrpc::Task;
+use crate::reaper::{self, Exit};
+use crate::stdio::relay::Relay;
+
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Lifecycle {
+    /// Started processes by pid.
+    running: HashMap<u32, Vec<Arc<Process>>>,
+    /// Exits seen while a Create/Start was in flight, by subscription.
+    subscribers: HashMap<u64, Vec<Exit>>,
+    next_sub: u64,
+    init_exited: HashSet<String>,
+    running_execs: HashMap<String, usize>,
+    /// Init exits held back until the container's execs have exited.
+    pending_init: HashMap<String, (Arc<Process>, u32)>,
+}
+
+pub struct Service {
+    namespace: String,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    lifecycle: Mutex<Lifecycle>,
+    events: Publisher,
+    relay: Relay,
+    shutdown: Mutex<Sender<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An exit subscription taken before runc forks; dropped unused (on failure) it unsubscribes.
+struct Subscription<'a> {
+    svc: &'a Service,
+    id: u64,
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        lock(&self.svc.lifecycle).subscribers.remove(&self.id);
+    }
+}
+
+impl Service {
+    /// Creates the service and its exit handler, which takes every container exit from the reaper.
+    pub fn start(namespace: &str, events: Publisher, relay: Relay, shutdown: Sender<()>) -> Arc<Service> {
+        let svc = Arc::new(Service {
+            namespace: namespace.to_string(),
+            containers: Mutex::new(HashMap::new()),
+            lifecycle: Mutex::new(Lifecycle::default()),
+            events,
+            relay,
+            shutdown: Mutex::new(shutdown),
+        });
+        let (tx, rx) = channel();
+        reaper::set_monitor(tx);
+        let s = svc.clone();
+        std::thread::Builder::new()
+            .name("exits".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for e in rx {
+                    s.on_exit(e);
+                }
+            })
+            .expect("spawning the exit handler");
+        svc
+    }
+
+    pub fn events(&self) -> &Publisher {
+        &self.events
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
+        let c = self.container(id)?;
+        if !exec_id.is_empty() {
+            return Err(Error::NotFound(format!("exec {exec_id:?} of container {id:?} not found")));
+        }
+        let init = c.init.clone();
+        Ok((c, init))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.containers).is_empty()
+    }
+
+    // ---- exit bookkeeping -------------------------------------------------------------------
+
+    /// Subscribes to exits before runc runs. Restarting a created init takes it out of `running`, so
+    /// an exit during `runc start` is seen by the subscription and published after the start event.
+    fn pre_start(&self, restarting: Option<&Arc<Process>>) -> Subscription<'_> {
+        let mut l = lock(&self.lifecycle);
+        l.next_sub += 1;
+        let id = l.next_sub;
+        l.subscribers.insert(id, Vec::new());
+        if let Some(p) = restarting {
+            let pid = p.pid();
+            if let Some(list) = l.running.get_mut(&pid) {
+                list.retain(|q| !Arc::ptr_eq(q, p));
+                if list.is_empty() {
+                    l.running.remove(&pid);
+                }
+            }
+        }
+        Subscription { svc: self, id }
+    }
+
+    /// After the start (or create) event is queued: handle an exit already seen, or start tracking.
+    fn handle_started(&self, sub: Subscription<'_>, p: &Arc<Process>) {
+        let pid = p.pid();
+        let mut l = lock(&self.lifecycle);
+        let seen = l.subscribers.remove(&sub.id).unwrap_or_default();
+        // Already unsubscribed, under the lock we hold: its Drop must not lock again.
+        std::mem::forget(sub);
+        match seen.iter().find(|e| e.pid == pid) {
+            Some(e) => {
+                if p.is_init() {
+                    l.init_exited.insert(p.container_id.clone());
+                }
+                drop(l);
+                self.dispatch_exit(p.clone(), e.status);
+            }
+            None => l.running.entry(pid).or_default().push(p.clone()),
+        }
+    }
+
+    fn on_exit(&self, e: Exit) {
+        let procs = {
+            let mut l = lock(&self.lifecycle);
+            for seen in l.subscribers.values_mut() {
+                seen.push(e);
+            }
+            let procs = l.running.remove(&e.pid).unwrap_or_default();
+            for p in procs.iter().filter(|p| p.is_init()) {
+                l.init_exited.insert(p.container_id.clone());
+            }
+            procs
+        };
+        for p in procs {
+            self.dispatch_exit(p, e.status);
+        }
+    }
+
+    fn dispatch_exit(&self, p: Arc<Process>, status: u32) {
+        if !p.is_init() {
+            return self.handle_process_exit(&p, status);
+        }
+        let c = lock(&self.containers).get(&p.container_id).cloned();
+        if let Some(c) = c.filter(|c| c.kill_all_on_exit) {
+            // Without its own pid namespace, the container's other processes outlive init.
+            if let Err(e) = c.runc.kill(&c.id, 9, true) {
+                log::debug!("kill --all after init exit of {}: {e}", c.id);
+            }
+        }
+        {
+            let mut l = lock(&self.lifecycle);
+            if l.running_execs.get(&p.container_id).copied().unwrap_or(0) > 0 {
+                // Init's exit is published after its execs' exits.
+                l.pending_init.insert(p.container_id.clone(), (p.clone(), status));
+                return;
+            }
+        }
+        self.handle_process_exit(&p, status);
+    }
+
+    fn handle_process_exit(&self, p: &Arc<Process>, status: u32) {
+        if p.set_exited(status) {
+            let exit = p.exit().expect("set above");
+            self.events.publish(
+                "/tasks/exit",
+                &ev::TaskExit {
+                    container_id: p.container_id.clone(),
+                    id: p.id().to_string(),
+                    pid: p.pid(),
+                    exit_status: status,
+                    exited_at: Some(timestamp(exit.at)).into(),
+                    ..Default::default()
+                },
+            );
+        }
+        if !p.is_init() {
+            let pending = {
+                let mut l = lock(&self.lifecycle);
+                let n = l.running_execs.entry(p.container_id.clone()).or_default();
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    l.pending_init.remove(&p.container_id)
+                } else {
+                    None
+                }
+            };
+            if let Some((init, status)) = pending {
+                self.handle_process_exit(&init, status);
+            }
+        }
+    }
+
+    /// Stops tracking a process whose exit must not be reported (a created init killed by Delete).
+    fn forget(&self, p: &Arc<Process>) {
+        let mut l = lock(&self.lifecycle);
+        let pid = p.pid();
+        if let Some(list) = l.running.get_mut(&pid) {
+            list.retain(|q| !Arc::ptr_eq(q, p));
+            if list.is_empty() {
+                l.running.remove(&pid);
+            }
+        }
+    }
+
+    // ---- RPCs ------------------------------------------------------------------------------
+
+    fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        validate_id("container id", &req.id)?;
+        if lock(&self.containers).contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {:?} already exists", req.id)));
+        }
+        let sub = self.pre_start(None);
+        let c = Arc::new(Container::create(&req, &self.namespace, &self.relay)?);
+        let pid = c.init.pid();
+        lock(&self.containers).insert(req.id.clone(), c.clone());
+        log::info!("created container {} (pid {pid})", req.id);
+        self.events.publish(
+            "/tasks/create",
+            &ev::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req
+                    .rootfs
+                    .iter()
+                    .map(|m| crate::protos::events::mount::Mount {
+                        type_: m.type_.clone(),
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                        options: m.options.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                io: Some(ev::TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                checkpoint: req.checkpoint.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        self.handle_started(sub, &c.init);
+        Ok(CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        p.begin_start()?;
+        let sub = self.pre_start(Some(&p));
+        if let Err(e) = c.runc.start(&c.id) {
+            p.end_start(false);
+            self.handle_started(sub, &p);
+            return Err(e);
+        }
+        p.end_start(true);
+        let pid = p.pid();
+        self.events.publish("/tasks/start", &ev::TaskStart { container_id: c.id.clone(), pid, ..Default::default() });
+        self.handle_started(sub, &p);
+        Ok(StartResponse { pid, ..Default::default() })
+    }
+
+    fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        p.begin_delete()?;
+        let never_ran = p.exit().is_none();
+        let io = lock(&p.io).take();
+        let result = (|| {
+            if never_ran {
+                // runc delete kills the created init; that exit is not the task's to report.
+                self.forget(&p);
+                c.runc.delete(&c.id, false).or_else(ignore_not_found)?;
+            }
+            if let Some(io) = &io {
+                if !io.wait_drained(DRAIN_TIMEOUT) {
+                    log::warn!("container {}: output not drained after {DRAIN_TIMEOUT:?}; closing it", c.id);
+                }
+            }
+            if !never_ran {
+                c.runc.delete(&c.id, false).or_else(ignore_not_found)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            *lock(&p.io) = io;
+            p.end_delete(false);
+            return Err(e);
+        }
+        if let Some(io) = io {
+            io.close();
+        }
+        if let Err(e) = c.unmount() {
+            log::warn!("container {}: {e}", c.id);
+        }
+        lock(&self.containers).remove(&c.id);
+        {
+            let mut l = lock(&self.lifecycle);
+            l.init_exited.remove(&c.id);
+            l.running_execs.remove(&c.id);
+            l.pending_init.remove(&c.id);
+        }
+        p.end_delete(true);
+        let exit = p.exit();
+        let (status, at) = exit.map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
+        self.events.publish(
+            "/tasks/delete",
+            &ev::TaskDelete {
+                container_id: c.id.clone(),
+                pid: p.pid(),
+                exit_status: status,
+                exited_at: Some(timestamp(at)).into(),
+                ..Default::default()
+            },
+        );
+        log::info!("deleted container {}", c.id);
+        Ok(DeleteResponse { pid: p.pid(), exit_status: status, exited_at: Some(timestamp(at)).into(), ..Default::default() })
+    }
+
+    fn do_kill(&self, req: KillRequest) -> Result<Empty> {
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        p.check_kill()?;
+        c.runc.kill(&c.id, req.signal, req.all)?;
+        Ok(Empty::new())
+    }
+
+    fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
+        let (c, p) = self.process(&req.id, &req.exec_id)?;
+        let exit = p.exit();
+        Ok(StateResponse {
+            id: p.id().to_string(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: p.pid(),
+            status: p.status().into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or(0),
+            exited_at: exit.map(|e| timestamp(e.at)).into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        let e = p.wait();
+        Ok(WaitResponse { exit_status: e.status, exited_at: Some(timestamp(e.at)).into(), ..Default::default() })
+    }
+
+    fn do_connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
+        let task_pid = lock(&self.containers).get(&req.id).map(|c| c.init.pid()).unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn do_shutdown(&self, _req: ShutdownRequest) -> Result<Empty> {
+        if self.is_empty() {
+            let _ = lock(&self.shutdown).send(());
+        }
+        Ok(Empty::new())
+    }
+
+    fn do_close_io(&self, req: CloseIORequest) -> Result<Empty> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        if let Some(io) = lock(&p.io).as_ref() {
+            io.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+}
+
+fn ignore_not_found(e: Error) -> Result<()> {
+    match e {
+        Error::NotFound(_) => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn log_result<T>(rpc: &str, id: &str, r: Result<T>) -> ttrpc::Result<T> {
+    r.map_err(|e| {
+        log::warn!("{rpc} {id}: {e}");
+        e.into()
+    })
+}
+
+fn unimplemented<T>(rpc: &str) -> ttrpc::Result<T> {
+    Err(Error::Unimplemented(format!("{rpc} is not implemented by this shim yet")).into())
+}
+
+impl Task for Service {
+    fn state(&self, _: &ttrpc::TtrpcContext, r: StateRequest) -> ttrpc::Result<StateResponse> {
+        let id = r.id.clone();
+        self.do_state(r).map_err(|e| {
+            log::debug!("State {id}: {e}");
+            e.into()
+        })
+    }
+    fn create(&self, _: &ttrpc::TtrpcContext, r: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+        let id = r.id.clone();
+        log_result("Create", &id, self.do_create(r))
+    }
+    fn start(&self, _: &ttrpc::TtrpcContext, r: StartRequest) -> ttrpc::Result<StartResponse> {
+        let id = r.id.clone();
+        log_result("Start", &id, self.do_start(r))
+    }
+    fn delete(&self, _: &ttrpc::TtrpcContext, r: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+        let id = r.id.clone();
+        log_result("Delete", &id, self.do_delete(r))
+    }
+    fn pids(&self, _: &ttrpc::TtrpcContext, _: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        unimplemented("Pids")
+    }
+    fn pause(&self, _: &ttrpc::TtrpcContext, _: PauseRequest) -> ttrpc::Result<Empty> {
+        unimplemented("Pause")
+    }
+    fn resume(&self, _: &ttrpc::TtrpcContext, _: ResumeRequest) -> ttrpc::Result<Empty> {
+        unimplemented("Resume")
+    }
+    fn checkpoint(&self, _: &ttrpc::TtrpcContext, _: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        unimplemented("Checkpoint")
+    }
+    fn kill(&self, _: &ttrpc::TtrpcContext, r: KillRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        self.do_kill(r).map_err(|e| {
+            log::debug!("Kill {id}: {e}");
+            e.into()
+        })
+    }
+    fn exec(&self, _: &ttrpc::TtrpcContext, _: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        unimplemented("Exec")
+    }
+    fn resize_pty(&self, _: &ttrpc::TtrpcContext, _: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        unimplemented("ResizePty")
+    }
+    fn close_io(&self, _: &ttrpc::TtrpcContext, r: CloseIORequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("CloseIO", &id, self.do_close_io(r))
+    }
+    fn update(&self, _: &ttrpc::TtrpcContext, _: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        unimplemented("Update")
+    }
+    fn wait(&self, _: &ttrpc::TtrpcContext, r: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        let id = r.id.clone();
+        log_result("Wait", &id, self.do_wait(r))
+    }
+    fn stats(&self, _: &ttrpc::TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        unimplemented("Stats")
+    }
+    fn connect(&self, _: &ttrpc::TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+        let id = r.id.clone();
+        log_result("Connect", &id, self.do_connect(r))
+    }
+    fn shutdown(&self, _: &ttrpc::TtrpcContext, r: ShutdownRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("Shutdown", &id, self.do_shutdown(r))
+    }
+}

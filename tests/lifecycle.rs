@@ -1,0 +1,291 @@
+//! The foundation, end to end: real containerd, real runc, real ctr, this shim.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use common::{unique_id, Containerd, IMAGE, RUNTIME, SHIM_BIN};
+use sha2::{Digest, Sha256};
+
+/// Waits for a background ctr, killing it (and failing) after `timeout`.
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("background ctr did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ctr events` in the background; `stop` ends it and returns what it printed.
+struct Events {
+    child: std::process::Child,
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Events {
+    fn start(c: &Containerd) -> Events {
+        let mut child = c.spawn_ctr(&["events"]);
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+            s
+        });
+        Events { child, reader: Some(reader) }
+    }
+
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.take().map(|r| r.join().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn assert_clean(c: &Containerd) {
+    // containerd runs `shim delete` and the shim exits asynchronously after the last RPC: allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = c.leftovers();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("left behind: {left:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn echo_hello_and_nothing_left() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("hello");
+    let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "echo", "hello"]);
+    assert_eq!(out, "hello\n");
+    assert_clean(&c);
+}
+
+#[test]
+fn stderr_is_separate_and_exit_codes_pass_through() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("codes");
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err\n"), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+
+    // ctr exits with 137 when the container is killed with SIGKILL.
+    let id = unique_id("killed");
+    let mut run = c.spawn_ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id) && l.contains("RUNNING")) {
+        assert!(Instant::now() < deadline, "task never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    let status = wait_child(&mut run, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(137), "{status:?} signal {:?}", status.signal());
+    assert_clean(&c);
+}
+
+#[test]
+fn stdin_round_trips_and_eof_ends_cat() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("stdin");
+    let mut input = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in input.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let o = c.ctr_stdin(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "cat"], &input);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout.len(), input.len());
+    assert!(o.stdout == input, "stdin came back altered");
+    assert_clean(&c);
+}
+
+#[test]
+fn large_stdout_arrives_complete() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("big");
+    // The container hashes what it writes and reports the hash on stderr.
+    let script = "head -c 67108864 /dev/urandom > /tmp/d && sha256sum /tmp/d >&2 && cat /tmp/d";
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", script]);
+    assert!(o.status.success(), "{:?}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout.len(), 64 << 20);
+    let want = String::from_utf8_lossy(&o.stderr).split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(hex(Sha256::digest(&o.stdout)), want);
+    assert_clean(&c);
+}
+
+#[test]
+fn detached_task_lifecycle_leaves_nothing() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("detached");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    let ls = c.ctr_ok(&["task", "ls"]);
+    let line = ls.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("task missing: {ls}"));
+    assert!(line.contains("RUNNING"), "{line}");
+    assert!(!c.leftovers().is_empty(), "leftovers() must see a running shim");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id) && l.contains("STOPPED")) {
+        assert!(Instant::now() < deadline, "task never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_clean(&c);
+}
+
+#[test]
+fn rootfs_directory_without_mounts() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let rootfs = c.dir.join("plainroot");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    for d in ["proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    let id = unique_id("rootfs");
+    let dir = rootfs.to_string_lossy().to_string();
+    let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", &dir, &id, "/bin/echo", "from-dir"]);
+    assert_eq!(out, "from-dir\n");
+    assert_clean(&c);
+}
+
+#[test]
+fn events_are_published_in_order() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let mut events = Events::start(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    let id = unique_id("events");
+    c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "true"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let text = events.stop();
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("\"{id}\"")))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "events:\n{text}");
+    assert_clean(&c);
+}
+
+#[test]
+fn instant_exits_never_hang() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    for i in 0..10 {
+        let id = unique_id(&format!("true{i}"));
+        // ctr() fails the test if ctr does not return within its timeout.
+        let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "true"]);
+        assert!(o.status.success(), "{o:?}");
+        let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "false"]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+    }
+    assert_clean(&c);
+}
+
+#[test]
+fn failing_runc_gives_clear_errors_and_leaves_nothing() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    // The process in the spec does not exist: runc create fails, and says why.
+    let id = unique_id("noexec");
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "/no/such/binary"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/no/such/binary") && err.contains("no such file"), "{err}");
+    let _ = c.ctr(&["containers", "rm", &id]);
+
+    // A malformed spec given with --config.
+    let id = unique_id("badspec");
+    let spec = c.dir.join("bad-config.json");
+    std::fs::write(&spec, r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/"},"root":{"path":"rootfs"},"linux":{"namespaces":[{"type":"bogus"}]}}"#).unwrap();
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &spec.to_string_lossy(), &id]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bogus"), "{err}");
+    let _ = c.ctr(&["containers", "rm", &id]);
+
+    // The runtime binary (BinaryName) does not exist.
+    let id = unique_id("nobinary");
+    let toml = c.dir.join("runtime.toml");
+    std::fs::write(&toml, "BinaryName = \"/no/such/runc\"\n").unwrap();
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &toml.to_string_lossy(), IMAGE, &id, "true"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("runtime binary \"/no/such/runc\" not found"), "{err}");
+    let _ = c.ctr(&["containers", "rm", &id]);
+    assert_clean(&c);
+}
+
+#[test]
+fn ids_that_escape_are_refused_by_start_and_delete() {
+    for action in ["start", "delete"] {
+        for id in ["../x", "a/b", ".."] {
+            let o = std::process::Command::new(SHIM_BIN)
+                .args(["-namespace", "default", "-address", "/nonexistent.sock", "-id", id, "-bundle", "/nonexistent", action])
+                .stdin(std::process::Stdio::null())
+                .current_dir("/")
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(1), "{action} {id}: {o:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains(&format!("invalid id (-id) {id:?}")), "{action} {id}: {err}");
+            assert!(o.stdout.is_empty());
+        }
+    }
+    let o = std::process::Command::new(SHIM_BIN).args(["-id", "x", "start"]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("namespace cannot be empty"), "{o:?}");
+}
