@@ -31,7 +31,12 @@ pub const LISTENER_FD: i32 = 3;
 
 /// Go's `filepath.Join`: join with '/', then clean.
 fn go_join(parts: &[&str]) -> String {
-    let joined = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/");
+    let joined = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/");
     let abs = joined.starts_with('/');
     let mut out: Vec<&str> = Vec::new();
     for c in joined.split('/') {
@@ -68,10 +73,21 @@ pub fn socket_path(dir: &str, address: &str, namespace: &str, group: &str) -> St
 /// Containers of one pod (or one explicit group) share a shim: the group comes from the spec's
 /// annotations, else it is the container id.
 pub fn grouping(bundle: &Path, id: &str) -> String {
-    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else { return id.to_string() };
-    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else { return id.to_string() };
-    for key in ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"] {
-        if let Some(g) = spec.pointer("/annotations").and_then(|a| a.get(key)).and_then(|v| v.as_str()) {
+    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else {
+        return id.to_string();
+    };
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return id.to_string();
+    };
+    for key in [
+        "io.containerd.runc.v2.group",
+        "io.kubernetes.cri.sandbox-id",
+    ] {
+        if let Some(g) = spec
+            .pointer("/annotations")
+            .and_then(|a| a.get(key))
+            .and_then(|v| v.as_str())
+        {
             if !g.is_empty() {
                 return g.to_string();
             }
@@ -82,7 +98,9 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
 
 fn require(flags: &Flags) -> Result<()> {
     if flags.namespace.is_empty() {
-        return Err(Error::InvalidArgument("shim namespace cannot be empty (-namespace)".into()));
+        return Err(Error::InvalidArgument(
+            "shim namespace cannot be empty (-namespace)".into(),
+        ));
     }
     validate_id("namespace", &flags.namespace)?;
     validate_id("id (-id)", &flags.id)
@@ -92,14 +110,22 @@ fn require(flags: &Flags) -> Result<()> {
 pub fn start(flags: &Flags) -> Result<String> {
     require(flags)?;
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).ctx(|| "reading start options from stdin")?;
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .ctx(|| "reading start options from stdin")?;
     let start_input = options::from_start_stdin(&input, &flags.id, &flags.namespace)?;
     let bundle = std::env::current_dir().ctx(|| "finding the bundle (cwd)")?;
     let group = grouping(&bundle, &flags.id);
-    let dir = start_input.socket_dir.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| SOCKET_DIR.to_string());
+    let dir = start_input
+        .socket_dir
+        .clone()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| SOCKET_DIR.to_string());
     let path = socket_path(&dir, &flags.address, &flags.namespace, &group);
     if path.len() > SOCKET_PATH_LIMIT {
-        return Err(Error::InvalidArgument(format!("socket path {path:?} is longer than {SOCKET_PATH_LIMIT} bytes")));
+        return Err(Error::InvalidArgument(format!(
+            "socket path {path:?} is longer than {SOCKET_PATH_LIMIT} bytes"
+        )));
     }
     let address = format!("unix://{path}");
     fs::create_dir_all(&dir).ctx(|| format!("creating socket directory {dir}"))?;
@@ -119,10 +145,14 @@ pub fn start(flags: &Flags) -> Result<String> {
         Err(e) => return Err(Error::Other(format!("listening on {path}: {e}"))),
     };
     let result = (|| {
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ctx(|| format!("chmod {path}"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .ctx(|| format!("chmod {path}"))?;
         let pid = spawn_daemon(flags, &path, &listener)?;
         if let Err(e) = place_daemon(pid, &start_input.options) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
             return Err(e);
         }
         write_address(&bundle, &address)
@@ -143,7 +173,14 @@ fn write_address(bundle: &Path, address: &str) -> Result<()> {
 fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<u32> {
     let exe = std::env::current_exe().ctx(|| "finding our own executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address]);
+    cmd.args([
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        &flags.id,
+        "-address",
+        &flags.address,
+    ]);
     if !flags.publish_binary.is_empty() {
         cmd.args(["-publish-binary", &flags.publish_binary]);
     }
@@ -151,7 +188,9 @@ fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<
     if flags.debug {
         cmd.arg("-debug");
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let fd = listener.as_raw_fd();
     unsafe {
         cmd.pre_exec(move || {
@@ -179,7 +218,8 @@ fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<
 /// Puts the daemon into ShimCgroup and one point above containerd for the OOM killer.
 fn place_daemon(pid: u32, opts: &Options) -> Result<()> {
     if !opts.shim_cgroup.is_empty() {
-        crate::cgroup::add_process(&opts.shim_cgroup, pid).ctx(|| format!("moving the shim into cgroup {:?}", opts.shim_cgroup))?;
+        crate::cgroup::add_process(&opts.shim_cgroup, pid)
+            .ctx(|| format!("moving the shim into cgroup {:?}", opts.shim_cgroup))?;
     }
     let parent = nix::unistd::getppid();
     let score: i32 = fs::read_to_string(format!("/proc/{parent}/oom_score_adj"))
@@ -187,7 +227,8 @@ fn place_daemon(pid: u32, opts: &Options) -> Result<()> {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let ours = (score + 1).min(1000);
-    fs::write(format!("/proc/{pid}/oom_score_adj"), ours.to_string()).ctx(|| "setting oom_score_adj")?;
+    fs::write(format!("/proc/{pid}/oom_score_adj"), ours.to_string())
+        .ctx(|| "setting oom_score_adj")?;
     Ok(())
 }
 
@@ -206,8 +247,18 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let binary = fs::read_to_string(bundle.join("runtime")).unwrap_or_default();
-    let binary = if binary.trim().is_empty() { opts.binary_name.clone() } else { binary.trim().to_string() };
-    let runc = Runc::new(&binary, &opts.root, &flags.namespace, &bundle, opts.systemd_cgroup);
+    let binary = if binary.trim().is_empty() {
+        opts.binary_name.clone()
+    } else {
+        binary.trim().to_string()
+    };
+    let runc = Runc::new(
+        &binary,
+        &opts.root,
+        &flags.namespace,
+        &bundle,
+        opts.systemd_cgroup,
+    );
     if let Err(e) = runc.delete(&flags.id, true) {
         if !matches!(e, Error::NotFound(_)) {
             eprintln!("warning: {e}");
@@ -240,13 +291,28 @@ mod tests {
     fn socket_address_known_vector() {
         // sha256("/run/containerd/containerd.sock/default/c1"), as the Go shim computes it.
         assert_eq!(
-            socket_path(SOCKET_DIR, "/run/containerd/containerd.sock", "default", "c1"),
+            socket_path(
+                SOCKET_DIR,
+                "/run/containerd/containerd.sock",
+                "default",
+                "c1"
+            ),
             "/run/containerd/s/d25aa4ef11a84e954e74a5bcff06557d0b6ea8d0c00243896f29826694bbd888"
         );
         // filepath.Join cleans the path.
         assert_eq!(
-            socket_path("/run/containerd/s/", "/run/containerd//containerd.sock/", "default", "c1"),
-            socket_path(SOCKET_DIR, "/run/containerd/containerd.sock", "default", "c1"),
+            socket_path(
+                "/run/containerd/s/",
+                "/run/containerd//containerd.sock/",
+                "default",
+                "c1"
+            ),
+            socket_path(
+                SOCKET_DIR,
+                "/run/containerd/containerd.sock",
+                "default",
+                "c1"
+            ),
         );
     }
 
@@ -262,7 +328,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rr-group-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         assert_eq!(grouping(&dir, "c1"), "c1", "no config.json");
-        fs::write(dir.join("config.json"), r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#).unwrap();
+        fs::write(
+            dir.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#,
+        )
+        .unwrap();
         assert_eq!(grouping(&dir, "c1"), "pod1");
         fs::write(
             dir.join("config.json"),

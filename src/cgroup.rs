@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 pub fn is_unified() -> bool {
-    nix::sys::statfs::statfs(CGROUP_ROOT).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    nix::sys::statfs::statfs(CGROUP_ROOT)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// Mount points of the v1 hierarchies.
@@ -29,18 +30,29 @@ fn v1_hierarchies() -> Vec<PathBuf> {
 pub fn add_process(path: &str, pid: u32) -> Result<()> {
     let rel = path.trim_start_matches('/');
     if rel.split('/').any(|c| c == "..") {
-        return Err(Error::InvalidArgument(format!("cgroup path {path:?} escapes the hierarchy")));
+        return Err(Error::InvalidArgument(format!(
+            "cgroup path {path:?} escapes the hierarchy"
+        )));
     }
     let dirs: Vec<PathBuf> = if is_unified() {
         vec![PathBuf::from(CGROUP_ROOT).join(rel)]
     } else {
-        v1_hierarchies().into_iter().map(|h| h.join(rel)).filter(|d| d.is_dir()).collect()
+        v1_hierarchies()
+            .into_iter()
+            .map(|h| h.join(rel))
+            .filter(|d| d.is_dir())
+            .collect()
     };
     let mut done = 0;
     for d in &dirs {
         match fs::write(d.join("cgroup.procs"), pid.to_string()) {
             Ok(()) => done += 1,
-            Err(e) => return Err(Error::Other(format!("adding pid {pid} to {}: {e}", d.display()))),
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "adding pid {pid} to {}: {e}",
+                    d.display()
+                )))
+            }
         }
     }
     if done == 0 {

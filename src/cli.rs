@@ -40,7 +40,9 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, UsageError> {
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(UsageError(format!("invalid boolean value {v:?} for -{name}"))),
+        _ => Err(UsageError(format!(
+            "invalid boolean value {v:?} for -{name}"
+        ))),
     }
 }
 
@@ -93,7 +95,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, UsageErro
                 };
                 *slot = value;
             }
-            _ => return Err(UsageError(format!("flag provided but not defined: -{name}"))),
+            _ => {
+                return Err(UsageError(format!(
+                    "flag provided but not defined: -{name}"
+                )))
+            }
         }
     }
     f.action = match positional.first().map(String::as_str) {
@@ -116,8 +122,16 @@ mod tests {
     #[test]
     fn containerd_start_argv() {
         let f = p(&[
-            "-namespace", "default", "-address", "/run/containerd/containerd.sock",
-            "-publish-binary", "/usr/bin/containerd", "-id", "c1", "-debug", "start",
+            "-namespace",
+            "default",
+            "-address",
+            "/run/containerd/containerd.sock",
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            "c1",
+            "-debug",
+            "start",
         ])
         .unwrap();
         assert_eq!(f.namespace, "default");
@@ -130,15 +144,29 @@ mod tests {
 
     #[test]
     fn delete_with_bundle_and_equals_forms() {
-        let f = p(&["--namespace=k8s.io", "-id=x", "-bundle", "/b", "-debug=false", "delete"]).unwrap();
-        assert_eq!((f.namespace.as_str(), f.id.as_str(), f.bundle.as_str()), ("k8s.io", "x", "/b"));
+        let f = p(&[
+            "--namespace=k8s.io",
+            "-id=x",
+            "-bundle",
+            "/b",
+            "-debug=false",
+            "delete",
+        ])
+        .unwrap();
+        assert_eq!(
+            (f.namespace.as_str(), f.id.as_str(), f.bundle.as_str()),
+            ("k8s.io", "x", "/b")
+        );
         assert!(!f.debug);
         assert_eq!(f.action, Action::Delete);
     }
 
     #[test]
     fn daemon_version_info() {
-        assert_eq!(p(&["-namespace", "n", "-id", "i"]).unwrap().action, Action::Daemon);
+        assert_eq!(
+            p(&["-namespace", "n", "-id", "i"]).unwrap().action,
+            Action::Daemon
+        );
         assert!(p(&["-v"]).unwrap().version);
         assert!(p(&["-version"]).unwrap().version);
         assert!(p(&["-info"]).unwrap().info);
@@ -153,9 +181,15 @@ mod tests {
 
     #[test]
     fn errors_are_clear() {
-        assert_eq!(p(&["-bogus"]).unwrap_err().0, "flag provided but not defined: -bogus");
+        assert_eq!(
+            p(&["-bogus"]).unwrap_err().0,
+            "flag provided but not defined: -bogus"
+        );
         assert_eq!(p(&["-id"]).unwrap_err().0, "flag needs an argument: -id");
-        assert_eq!(p(&["-debug=maybe"]).unwrap_err().0, "invalid boolean value \"maybe\" for -debug");
+        assert_eq!(
+            p(&["-debug=maybe"]).unwrap_err().0,
+            "invalid boolean value \"maybe\" for -debug"
+        );
         assert_eq!(p(&["stop"]).unwrap_err().0, "unknown action \"stop\"");
     }
 }

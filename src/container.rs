@@ -16,7 +16,6 @@ pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
     pub runc: Runc,
-    pub options: Options,
     pub init: Arc<Process>,
     pub mounts: Vec<Mount>,
     /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
@@ -25,7 +24,11 @@ pub struct Container {
 
 /// Ids become path components (bundle, runc state, pid files): refuse anything that could escape.
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::InvalidArgument(format!("invalid {what} {id:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "invalid {what} {id:?}: {why}"
+        )))
+    };
     if id.is_empty() {
         return bad("empty");
     }
@@ -46,14 +49,21 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
 
 /// Reads whether the spec gives the container a pid namespace of its own.
 fn has_private_pid_ns(bundle: &Path) -> bool {
-    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else { return false };
-    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
     spec.pointer("/linux/namespaces")
         .and_then(|n| n.as_array())
         .is_some_and(|ns| {
             ns.iter().any(|n| {
                 n.get("type").and_then(|t| t.as_str()) == Some("pid")
-                    && n.get("path").and_then(|p| p.as_str()).unwrap_or("").is_empty()
+                    && n.get("path")
+                        .and_then(|p| p.as_str())
+                        .unwrap_or("")
+                        .is_empty()
             })
         })
 }
@@ -78,27 +88,50 @@ impl Container {
         let id = req.id.as_str();
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() || !bundle.is_dir() {
-            return Err(Error::InvalidArgument(format!("bundle {:?} is not an existing absolute directory", req.bundle)));
+            return Err(Error::InvalidArgument(format!(
+                "bundle {:?} is not an existing absolute directory",
+                req.bundle
+            )));
         }
         if !bundle.join("config.json").is_file() {
-            return Err(Error::InvalidArgument(format!("bundle {:?} has no config.json", req.bundle)));
+            return Err(Error::InvalidArgument(format!(
+                "bundle {:?} has no config.json",
+                req.bundle
+            )));
         }
         let opts = match req.options.as_ref() {
             Some(a) => options::from_any(&a.type_url, &a.value)?,
             None => Options::default(),
         };
         if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented("restore from a checkpoint is not supported by this shim yet".into()));
+            return Err(Error::Unimplemented(
+                "restore from a checkpoint is not supported by this shim yet".into(),
+            ));
         }
-        let runc = Runc::new(&opts.binary_name, &opts.root, namespace, &bundle, opts.systemd_cgroup);
-        write_atomic(&bundle.join("options.json"), &serde_json::to_vec(&opts).unwrap_or_default())
-            .ctx(|| "writing options.json")?;
-        write_atomic(&bundle.join("runtime"), opts.binary_name.as_bytes()).ctx(|| "writing runtime")?;
+        let runc = Runc::new(
+            &opts.binary_name,
+            &opts.root,
+            namespace,
+            &bundle,
+            opts.systemd_cgroup,
+        );
+        write_atomic(
+            &bundle.join("options.json"),
+            &serde_json::to_vec(&opts).unwrap_or_default(),
+        )
+        .ctx(|| "writing options.json")?;
+        write_atomic(&bundle.join("runtime"), opts.binary_name.as_bytes())
+            .ctx(|| "writing runtime")?;
 
         let mounts: Vec<Mount> = req
             .rootfs
             .iter()
-            .map(|m| Mount { kind: m.type_.clone(), source: m.source.clone(), target: m.target.clone(), options: m.options.clone() })
+            .map(|m| Mount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                options: m.options.clone(),
+            })
             .collect();
         let rootfs = bundle.join("rootfs");
         if !mounts.is_empty() {
@@ -166,7 +199,6 @@ impl Container {
             kill_all_on_exit: !has_private_pid_ns(&bundle),
             bundle,
             runc,
-            options: opts,
             init,
             mounts,
         })
@@ -186,9 +218,13 @@ impl Container {
 
 pub fn read_pid(path: &Path) -> Result<u32> {
     let text = fs::read_to_string(path).ctx(|| format!("reading pid file {}", path.display()))?;
-    text.trim()
-        .parse()
-        .map_err(|_| Error::Other(format!("pid file {} holds {:?}, not a pid", path.display(), text.trim())))
+    text.trim().parse().map_err(|_| {
+        Error::Other(format!(
+            "pid file {} holds {:?}, not a pid",
+            path.display(),
+            text.trim()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -197,8 +233,20 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_are_refused() {
-        for bad in ["", "a/b", "..", "../x", "a..b", "x\0y", "-rf", &"x".repeat(256)] {
-            assert!(matches!(validate_id("id", bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "../x",
+            "a..b",
+            "x\0y",
+            "-rf",
+            &"x".repeat(256),
+        ] {
+            assert!(
+                matches!(validate_id("id", bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
         for good in ["c1", "my-container_1.2", "0123456789abcdef"] {
             validate_id("id", good).unwrap();
@@ -209,7 +257,13 @@ mod tests {
     fn pid_namespace_detection() {
         let dir = std::env::temp_dir().join(format!("rr-pidns-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let spec = |ns: &str| fs::write(dir.join("config.json"), format!(r#"{{"linux":{{"namespaces":[{ns}]}}}}"#)).unwrap();
+        let spec = |ns: &str| {
+            fs::write(
+                dir.join("config.json"),
+                format!(r#"{{"linux":{{"namespaces":[{ns}]}}}}"#),
+            )
+            .unwrap()
+        };
         spec(r#"{"type":"mount"},{"type":"pid"}"#);
         assert!(has_private_pid_ns(&dir));
         spec(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#);

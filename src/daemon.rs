@@ -35,10 +35,13 @@ pub fn run(flags: &Flags) -> Result<()> {
         unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
         LISTENER_FD
     } else if !flags.socket.is_empty() {
-        let l = std::os::unix::net::UnixListener::bind(&flags.socket).ctx(|| format!("listening on {}", flags.socket))?;
+        let l = std::os::unix::net::UnixListener::bind(&flags.socket)
+            .ctx(|| format!("listening on {}", flags.socket))?;
         std::os::fd::IntoRawFd::into_raw_fd(l)
     } else {
-        return Err(crate::error::Error::InvalidArgument("no listener: run through `start`".into()));
+        return Err(crate::error::Error::InvalidArgument(
+            "no listener: run through `start`".into(),
+        ));
     };
 
     let (shutdown_tx, shutdown_rx) = channel::<()>();
@@ -59,8 +62,15 @@ pub fn run(flags: &Flags) -> Result<()> {
         .set_thread_count_min(1)
         .set_thread_count_default(2)
         .set_thread_count_max(4);
-    server.start().map_err(|e| crate::error::Error::Other(format!("starting the ttrpc server: {e}")))?;
-    log::info!("shim {} serving {} in namespace {}", std::process::id(), flags.id, flags.namespace);
+    server
+        .start()
+        .map_err(|e| crate::error::Error::Other(format!("starting the ttrpc server: {e}")))?;
+    log::info!(
+        "shim {} serving {} in namespace {}",
+        std::process::id(),
+        flags.id,
+        flags.namespace
+    );
 
     let _ = shutdown_rx.recv();
     log::info!("shutting down");

@@ -57,7 +57,10 @@ impl Publisher {
             .stack_size(128 * 1024)
             .spawn(move || forward_loop(rx, sink))
             .expect("spawning the events thread");
-        Publisher { tx: Mutex::new(tx), namespace: namespace.to_string() }
+        Publisher {
+            tx: Mutex::new(tx),
+            namespace: namespace.to_string(),
+        }
     }
 
     /// Queues an event; events are delivered in the order of these calls.
@@ -68,13 +71,23 @@ impl Publisher {
         env.topic = topic.to_string();
         env.event = Some(to_any(event)).into();
         log::debug!("event {topic}");
-        let _ = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(Item::Event(Box::new(env)));
+        let _ = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Item::Event(Box::new(env)));
     }
 
     /// Waits until everything queued so far was forwarded (or given up on), at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = sync_channel(1);
-        if self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(Item::Flush(tx)).is_err() {
+        if self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Item::Flush(tx))
+            .is_err()
+        {
             return false;
         }
         rx.recv_timeout(timeout).is_ok()
@@ -94,7 +107,10 @@ fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink) {
                     match sink.forward(&env) {
                         Ok(()) => break,
                         Err(e) if attempt >= ATTEMPTS => {
-                            log::error!("dropping event {} after {attempt} attempts: {e}", env.topic);
+                            log::error!(
+                                "dropping event {} after {attempt} attempts: {e}",
+                                env.topic
+                            );
                             break;
                         }
                         Err(e) => {
@@ -117,7 +133,10 @@ pub struct Containerd {
 impl Containerd {
     pub fn new(ttrpc_address: &str) -> Containerd {
         let address = ttrpc_address.trim_start_matches("unix://");
-        Containerd { address: format!("unix://{address}"), client: None }
+        Containerd {
+            address: format!("unix://{address}"),
+            client: None,
+        }
     }
 }
 
@@ -127,7 +146,8 @@ impl Sink for Containerd {
             return Err("TTRPC_ADDRESS is not set: no way to reach containerd".into());
         }
         if self.client.is_none() {
-            let c = ttrpc::Client::connect(&self.address).map_err(|e| format!("connecting to {}: {e}", self.address))?;
+            let c = ttrpc::Client::connect(&self.address)
+                .map_err(|e| format!("connecting to {}: {e}", self.address))?;
             self.client = Some(EventsClient::new(c));
         }
         let mut req = ForwardRequest::new();
@@ -162,7 +182,10 @@ pub mod tests {
                 return Err("broken".into());
             }
             assert_eq!(env.namespace, "ns");
-            self.seen.lock().unwrap().push(format!("{} {}", env.topic, env.event.type_url));
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", env.topic, env.event.type_url));
             Ok(())
         }
     }
@@ -170,7 +193,13 @@ pub mod tests {
     #[test]
     fn events_arrive_in_order_despite_retries() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let p = Publisher::new("ns", Recorder { seen: seen.clone(), fail: 2 });
+        let p = Publisher::new(
+            "ns",
+            Recorder {
+                seen: seen.clone(),
+                fail: 2,
+            },
+        );
         p.publish("/tasks/create", &TaskCreate::new());
         p.publish("/tasks/start", &TaskStart::new());
         p.publish("/tasks/exit", &TaskExit::new());

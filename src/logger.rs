@@ -23,7 +23,9 @@ impl log::Log for Logger {
             log::Level::Debug => "debug",
             log::Level::Trace => "trace",
         };
-        let msg = format!("{}", r.args()).replace('\\', "\\\\").replace('"', "\\\"");
+        let msg = format!("{}", r.args())
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
         let line = format!(
             "time=\"{}\" level={level} msg=\"{msg}\" runtime=io.containerd.rustrunc.v2\n",
             rfc3339(std::time::SystemTime::now())
@@ -36,7 +38,11 @@ impl log::Log for Logger {
 }
 
 pub fn init(debug: bool) {
-    let level = if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info };
+    let level = if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
     if log::set_boxed_logger(Box::new(Logger { level })).is_ok() {
         log::set_max_level(level);
     }

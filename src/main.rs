@@ -29,8 +29,15 @@ fn main() {
     };
     if flags.version {
         let name = std::env::args().next().unwrap_or_default();
-        let base = std::path::Path::new(&name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(name);
-        println!("{base}:\n  Version:  {}\n  Revision: {}\n", env!("CARGO_PKG_VERSION"), option_env!("GIT_REVISION").unwrap_or("unknown"));
+        let base = std::path::Path::new(&name)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or(name);
+        println!(
+            "{base}:\n  Version:  {}\n  Revision: {}\n",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("GIT_REVISION").unwrap_or("unknown")
+        );
         return;
     }
     if flags.info {
@@ -38,7 +45,9 @@ fn main() {
         std::process::exit(1);
     }
     let result = match flags.action {
-        Action::Start => bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes())),
+        Action::Start => {
+            bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes()))
+        }
         Action::Delete => bootstrap::delete(&flags).map(|resp| bootstrap::print(&resp)),
         Action::Daemon => daemon::run(&flags),
     };

@@ -40,7 +40,11 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
             "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
             "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty()),
+            "rbind" => (
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                MsFlags::empty(),
+                MsFlags::empty(),
+            ),
             "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
             "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
@@ -49,13 +53,29 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
             "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
             "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
             "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
             "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
             "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
             "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
             other => {
                 data.push(other.to_string());
                 continue;
@@ -67,7 +87,9 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
     (flags, propagation, data.join(","))
 }
 
-const KNOWN_TYPES: &[&str] = &["bind", "rbind", "overlay", "tmpfs", "ext4", "xfs", "btrfs", "none", "proc", "sysfs"];
+const KNOWN_TYPES: &[&str] = &[
+    "bind", "rbind", "overlay", "tmpfs", "ext4", "xfs", "btrfs", "none", "proc", "sysfs",
+];
 
 impl Mount {
     /// Mounts onto `root` joined with the mount's own target.
@@ -75,7 +97,10 @@ impl Mount {
         let target = match self.target.trim_start_matches('/') {
             "" => root.to_path_buf(),
             t if t.split('/').any(|c| c == "..") => {
-                return Err(Error::InvalidArgument(format!("mount target {:?} escapes the rootfs", self.target)))
+                return Err(Error::InvalidArgument(format!(
+                    "mount target {:?} escapes the rootfs",
+                    self.target
+                )))
             }
             t => root.join(t),
         };
@@ -88,7 +113,9 @@ impl Mount {
             }
         }
         if !KNOWN_TYPES.contains(&kind) && !proc_filesystems().iter().any(|f| f == kind) {
-            return Err(Error::InvalidArgument(format!("rootfs mount type {kind:?} is not supported by this kernel")));
+            return Err(Error::InvalidArgument(format!(
+                "rootfs mount type {kind:?} is not supported by this kernel"
+            )));
         }
         let what = |e: nix::Error| {
             Error::InvalidArgument(format!(
@@ -102,20 +129,43 @@ impl Mount {
         if kind == "overlay" && data.len() >= page - 512 {
             mount_overlay_long(&self.source, &target, flags, &data).map_err(what)?;
         } else {
-            let fstype = if flags.contains(MsFlags::MS_BIND) { None } else { Some(kind) };
+            let fstype = if flags.contains(MsFlags::MS_BIND) {
+                None
+            } else {
+                Some(kind)
+            };
             let data_opt = (!data.is_empty()).then_some(data.as_str());
-            mount(Some(self.source.as_str()), &target, fstype, flags & !MsFlags::MS_REMOUNT, data_opt).map_err(what)?;
+            mount(
+                Some(self.source.as_str()),
+                &target,
+                fstype,
+                flags & !MsFlags::MS_REMOUNT,
+                data_opt,
+            )
+            .map_err(what)?;
         }
         // A read-only bind needs a remount to take effect.
         if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
-            let r = mount(None::<&str>, &target, None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>);
+            let r = mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                flags | MsFlags::MS_REMOUNT,
+                None::<&str>,
+            );
             if let Err(e) = r {
                 let _ = umount2(&target, MntFlags::MNT_DETACH);
                 return Err(what(e));
             }
         }
         if !propagation.is_empty() {
-            if let Err(e) = mount(None::<&str>, &target, None::<&str>, propagation, None::<&str>) {
+            if let Err(e) = mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                propagation,
+                None::<&str>,
+            ) {
                 let _ = umount2(&target, MntFlags::MNT_DETACH);
                 return Err(what(e));
             }
@@ -150,7 +200,10 @@ fn mount_overlay_long(source: &str, target: &Path, flags: MsFlags, data: &str) -
         .map(|o| match o.strip_prefix("lowerdir=") {
             Some(l) => format!(
                 "lowerdir={}",
-                l.split(':').map(|d| d[prefix.len()..].trim_start_matches('/')).collect::<Vec<_>>().join(":")
+                l.split(':')
+                    .map(|d| d[prefix.len()..].trim_start_matches('/'))
+                    .collect::<Vec<_>>()
+                    .join(":")
             ),
             None => o.to_string(),
         })
@@ -167,7 +220,14 @@ fn mount_overlay_long(source: &str, target: &Path, flags: MsFlags, data: &str) -
     let status = crate::reaper::fork_and_wait(|| unsafe {
         if libc::chdir(dir.as_ptr()) != 0 {
             1
-        } else if libc::mount(src.as_ptr(), tgt.as_ptr(), fstype.as_ptr(), flags.bits(), dat.as_ptr().cast()) != 0 {
+        } else if libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fstype.as_ptr(),
+            flags.bits(),
+            dat.as_ptr().cast(),
+        ) != 0
+        {
             2
         } else {
             0
@@ -182,12 +242,18 @@ fn mount_overlay_long(source: &str, target: &Path, flags: MsFlags, data: &str) -
 }
 
 fn common_dir(dirs: &[&str]) -> String {
-    let Some(first) = dirs.first() else { return String::new() };
+    let Some(first) = dirs.first() else {
+        return String::new();
+    };
     let mut prefix: Vec<&str> = first.split('/').collect();
     prefix.pop();
     for d in &dirs[1..] {
         let parts: Vec<&str> = d.split('/').collect();
-        let n = prefix.iter().zip(parts.iter()).take_while(|(a, b)| a == b).count();
+        let n = prefix
+            .iter()
+            .zip(parts.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
         prefix.truncate(n.min(parts.len().saturating_sub(1)));
     }
     prefix.join("/")
@@ -196,7 +262,10 @@ fn common_dir(dirs: &[&str]) -> String {
 /// Mount points from /proc/self/mountinfo, octal escapes decoded.
 fn mount_points() -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape(p))).collect()
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect()
 }
 
 fn unescape(s: &str) -> String {
@@ -204,7 +273,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -217,7 +289,10 @@ fn unescape(s: &str) -> String {
 
 /// Unmounts `target` and everything below it, deepest first. Missing or unmounted targets are fine.
 pub fn unmount_recursive(target: &Path) -> Result<()> {
-    let mut mounts: Vec<PathBuf> = mount_points().into_iter().filter(|m| m.starts_with(target)).collect();
+    let mut mounts: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(target))
+        .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     mounts.dedup();
     let mut last_err = None;
@@ -256,7 +331,14 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let (f, p, d) = parse_options(&s(&["ro", "nosuid", "lowerdir=/a:/b", "upperdir=/u", "rw", "rprivate"]));
+        let (f, p, d) = parse_options(&s(&[
+            "ro",
+            "nosuid",
+            "lowerdir=/a:/b",
+            "upperdir=/u",
+            "rw",
+            "rprivate",
+        ]));
         assert_eq!(f, MsFlags::MS_NOSUID);
         assert_eq!(p, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(d, "lowerdir=/a:/b,upperdir=/u");
@@ -282,10 +364,26 @@ mod tests {
 
     #[test]
     fn bad_targets_and_types_are_refused() {
-        let m = Mount { kind: "overlay".into(), source: "x".into(), target: "../../etc".into(), options: vec![] };
-        assert!(matches!(m.mount_at(Path::new("/nonexistent")), Err(Error::InvalidArgument(_))));
-        let m = Mount { kind: "nosuchfs".into(), source: "x".into(), target: "".into(), options: vec![] };
+        let m = Mount {
+            kind: "overlay".into(),
+            source: "x".into(),
+            target: "../../etc".into(),
+            options: vec![],
+        };
+        assert!(matches!(
+            m.mount_at(Path::new("/nonexistent")),
+            Err(Error::InvalidArgument(_))
+        ));
+        let m = Mount {
+            kind: "nosuchfs".into(),
+            source: "x".into(),
+            target: "".into(),
+            options: vec![],
+        };
         let e = m.mount_at(Path::new("/nonexistent")).unwrap_err();
-        assert!(e.to_string().contains("\"nosuchfs\" is not supported"), "{e}");
+        assert!(
+            e.to_string().contains("\"nosuchfs\" is not supported"),
+            "{e}"
+        );
     }
 }

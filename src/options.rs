@@ -113,21 +113,43 @@ pub fn from_toml(text: &str) -> Result<Options> {
         if line.is_empty() || line.starts_with('[') {
             continue;
         }
-        let err = |what: &str| Error::InvalidArgument(format!("runtime options TOML line {}: {what}: {raw:?}", n + 1));
-        let (key, value) = line.split_once('=').ok_or_else(|| err("expected key = value"))?;
+        let err = |what: &str| {
+            Error::InvalidArgument(format!(
+                "runtime options TOML line {}: {what}: {raw:?}",
+                n + 1
+            ))
+        };
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| err("expected key = value"))?;
         let key = key.trim().trim_matches('"');
         let value = value.trim();
         let string = || -> Result<String> {
-            let q = value.chars().next().filter(|c| *c == '"' || *c == '\'').ok_or_else(|| err("expected a string"))?;
-            let inner = value.strip_prefix(q).and_then(|v| v.strip_suffix(q)).ok_or_else(|| err("unterminated string"))?;
-            Ok(if q == '"' { inner.replace("\\\\", "\\").replace("\\\"", "\"") } else { inner.to_string() })
+            let q = value
+                .chars()
+                .next()
+                .filter(|c| *c == '"' || *c == '\'')
+                .ok_or_else(|| err("expected a string"))?;
+            let inner = value
+                .strip_prefix(q)
+                .and_then(|v| v.strip_suffix(q))
+                .ok_or_else(|| err("unterminated string"))?;
+            Ok(if q == '"' {
+                inner.replace("\\\\", "\\").replace("\\\"", "\"")
+            } else {
+                inner.to_string()
+            })
         };
         let boolean = || match value {
             "true" => Ok(true),
             "false" => Ok(false),
             _ => Err(err("expected true or false")),
         };
-        let number = || value.parse::<u32>().map_err(|_| err("expected a non-negative integer"));
+        let number = || {
+            value
+                .parse::<u32>()
+                .map_err(|_| err("expected a non-negative integer"))
+        };
         match key.to_ascii_lowercase().replace('_', "").as_str() {
             "nopivotroot" => o.no_pivot_root = boolean()?,
             "nonewkeyring" => o.no_new_keyring = boolean()?,
@@ -179,7 +201,9 @@ pub fn from_start_stdin(input: &[u8], id: &str, namespace: &str) -> Result<Start
         if b.instance_id == id && b.namespace == namespace {
             let mut options = Options::default();
             for ext in &b.extensions {
-                let Some(v) = ext.value.as_ref() else { continue };
+                let Some(v) = ext.value.as_ref() else {
+                    continue;
+                };
                 match from_any(&v.type_url, &v.value) {
                     Ok(o) => {
                         options = o;
@@ -189,13 +213,22 @@ pub fn from_start_stdin(input: &[u8], id: &str, namespace: &str) -> Result<Start
                     Err(_) => continue,
                 }
             }
-            return Ok(StartInput { options, bootstrap: true, socket_dir: b.socket_dir.clone() });
+            return Ok(StartInput {
+                options,
+                bootstrap: true,
+                socket_dir: b.socket_dir.clone(),
+            });
         }
     }
     let any = Any::parse_from_bytes(input).map_err(|e| {
-        Error::InvalidArgument(format!("start: stdin is neither BootstrapParams nor a runtime options Any: {e}"))
+        Error::InvalidArgument(format!(
+            "start: stdin is neither BootstrapParams nor a runtime options Any: {e}"
+        ))
     })?;
-    Ok(StartInput { options: from_any(&any.type_url, &any.value)?, ..Default::default() })
+    Ok(StartInput {
+        options: from_any(&any.type_url, &any.value)?,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -223,9 +256,20 @@ mod tests {
     fn runc_options() {
         let a = any(RUNC_OPTIONS, &runc_opts());
         let o = from_any(&a.type_url, &a.value).unwrap();
-        assert_eq!((o.binary_name.as_str(), o.systemd_cgroup, o.io_uid, o.shim_cgroup.as_str()), ("crun", true, 1000, "/shim"));
+        assert_eq!(
+            (
+                o.binary_name.as_str(),
+                o.systemd_cgroup,
+                o.io_uid,
+                o.shim_cgroup.as_str()
+            ),
+            ("crun", true, 1000, "/shim")
+        );
         // Prefixed type URLs name the same type.
-        assert_eq!(from_any("types.containerd.io/containerd.runc.v1.Options", &a.value).unwrap(), o);
+        assert_eq!(
+            from_any("types.containerd.io/containerd.runc.v1.Options", &a.value).unwrap(),
+            o
+        );
     }
 
     #[test]
@@ -245,7 +289,10 @@ mod tests {
         let mut r = RuntimeOptions::new();
         r.config_body = b"# CRI handler options\nBinaryName = \"/usr/bin/crun\" # trailing\nSystemdCgroup = true\nIoUid = 5\nTypeUrl = \"x\"\n".to_vec();
         let o = from_any(RUNTIME_OPTIONS, &r.write_to_bytes().unwrap()).unwrap();
-        assert_eq!((o.binary_name.as_str(), o.systemd_cgroup, o.io_uid), ("/usr/bin/crun", true, 5));
+        assert_eq!(
+            (o.binary_name.as_str(), o.systemd_cgroup, o.io_uid),
+            ("/usr/bin/crun", true, 5)
+        );
         // config_body (field 3) must never be misread as shim_cgroup (field 3 of runc Options).
         assert_eq!(o.shim_cgroup, "");
 
@@ -261,18 +308,31 @@ mod tests {
     #[test]
     fn bad_options_are_clear_errors() {
         let e = from_any("foo.Bar", b"").unwrap_err();
-        assert!(e.to_string().contains("unsupported runtime options type \"foo.Bar\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unsupported runtime options type \"foo.Bar\""),
+            "{e}"
+        );
         let e = from_toml("SystemdCgroup = yes").unwrap_err();
-        assert!(e.to_string().contains("line 1: expected true or false"), "{e}");
+        assert!(
+            e.to_string().contains("line 1: expected true or false"),
+            "{e}"
+        );
         let e = from_toml("BinaryName = \"crun").unwrap_err();
         assert!(e.to_string().contains("unterminated string"), "{e}");
-        assert!(matches!(from_any(RUNC_OPTIONS, &[0xff, 0xff]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            from_any(RUNC_OPTIONS, &[0xff, 0xff]),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]
     fn start_stdin_forms() {
         // empty
-        assert_eq!(from_start_stdin(b"", "id", "ns").unwrap(), StartInput::default());
+        assert_eq!(
+            from_start_stdin(b"", "id", "ns").unwrap(),
+            StartInput::default()
+        );
         // legacy Any
         let a = any(RUNC_OPTIONS, &runc_opts());
         let s = from_start_stdin(&a.write_to_bytes().unwrap(), "id", "ns").unwrap();
@@ -284,7 +344,11 @@ mod tests {
         b.namespace = "ns".into();
         b.socket_dir = Some("/run/s".into());
         let mut other = Extension::new();
-        other.value = Some(any("containerd.io/cri.v1.PodSandboxConfig", &RuncOptions::new())).into();
+        other.value = Some(any(
+            "containerd.io/cri.v1.PodSandboxConfig",
+            &RuncOptions::new(),
+        ))
+        .into();
         let mut ext = Extension::new();
         ext.value = Some(a.clone()).into();
         b.extensions = vec![other, ext];
@@ -295,18 +359,35 @@ mod tests {
         // runtimeoptions TOML Any
         let mut r = RuntimeOptions::new();
         r.config_body = b"BinaryName = \"crun\"".to_vec();
-        let s = from_start_stdin(&any(RUNTIME_OPTIONS, &r).write_to_bytes().unwrap(), "id", "ns").unwrap();
+        let s = from_start_stdin(
+            &any(RUNTIME_OPTIONS, &r).write_to_bytes().unwrap(),
+            "id",
+            "ns",
+        )
+        .unwrap();
         assert_eq!(s.options.binary_name, "crun");
         // garbage
         let e = from_start_stdin(b"\xff\xff\xff", "id", "ns").unwrap_err();
-        assert!(e.to_string().contains("neither BootstrapParams nor a runtime options Any"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("neither BootstrapParams nor a runtime options Any"),
+            "{e}"
+        );
     }
 
     #[test]
     fn options_json_uses_go_keys_and_omits_defaults() {
-        let o = Options { binary_name: "crun".into(), systemd_cgroup: true, ..Default::default() };
-        assert_eq!(serde_json::to_string(&o).unwrap(), r#"{"binary_name":"crun","systemd_cgroup":true}"#);
-        let back: Options = serde_json::from_str(r#"{"binary_name":"crun","task_api_version":2}"#).unwrap();
+        let o = Options {
+            binary_name: "crun".into(),
+            systemd_cgroup: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"binary_name":"crun","systemd_cgroup":true}"#
+        );
+        let back: Options =
+            serde_json::from_str(r#"{"binary_name":"crun","task_api_version":2}"#).unwrap();
         assert_eq!(back.binary_name, "crun");
     }
 }

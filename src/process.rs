@@ -61,7 +61,12 @@ impl Process {
             container_id: container_id.to_string(),
             exec_id: exec_id.map(str::to_string),
             stdio,
-            inner: Mutex::new(Inner { state: State::Created, pid: 0, exit: None, before_delete: State::Created }),
+            inner: Mutex::new(Inner {
+                state: State::Created,
+                pid: 0,
+                exit: None,
+                before_delete: State::Created,
+            }),
             exited: Condvar::new(),
             io: Mutex::new(None),
         }
@@ -107,7 +112,11 @@ impl Process {
 
     fn refuse(&self, op: &str, s: State) -> Error {
         if s == State::Deleted {
-            Error::NotFound(format!("process {} of container {} is deleted", self.id(), self.container_id))
+            Error::NotFound(format!(
+                "process {} of container {} is deleted",
+                self.id(),
+                self.container_id
+            ))
         } else {
             Error::FailedPrecondition(format!("cannot {op} a {} process", state_name(s)))
         }
@@ -139,7 +148,10 @@ impl Process {
         match g.state {
             State::Created | State::Starting | State::Running => {
                 g.state = State::Stopped;
-                g.exit = Some(ExitInfo { status, at: SystemTime::now() });
+                g.exit = Some(ExitInfo {
+                    status,
+                    at: SystemTime::now(),
+                });
                 self.exited.notify_all();
                 true
             }
@@ -190,7 +202,10 @@ impl Process {
                 return e;
             }
             if g.state == State::Deleted {
-                return ExitInfo { status: 0, at: SystemTime::UNIX_EPOCH };
+                return ExitInfo {
+                    status: 0,
+                    at: SystemTime::UNIX_EPOCH,
+                };
             }
             g = self.exited.wait(g).unwrap_or_else(|e| e.into_inner());
         }
@@ -213,11 +228,17 @@ mod tests {
         assert_eq!(p.status(), Status::CREATED);
         p.begin_start().unwrap();
         assert!(matches!(p.begin_start(), Err(Error::FailedPrecondition(_))));
-        assert!(matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            p.begin_delete(),
+            Err(Error::FailedPrecondition(_))
+        ));
         p.end_start(true);
         assert_eq!(p.status(), Status::RUNNING);
         let e = p.begin_delete().unwrap_err();
-        assert_eq!(e, Error::FailedPrecondition("cannot delete a running process".into()));
+        assert_eq!(
+            e,
+            Error::FailedPrecondition("cannot delete a running process".into())
+        );
         assert!(p.set_exited(3));
         assert!(!p.set_exited(4), "an exit is recorded once");
         assert_eq!(p.exit().unwrap().status, 3);

@@ -32,13 +32,14 @@ pub struct CreateOpts<'a> {
     pub no_new_keyring: bool,
 }
 
-/// What a runc command printed.
-pub struct Output {
-    pub stdout: Vec<u8>,
-}
-
 impl Runc {
-    pub fn new(binary: &str, root: &str, namespace: &str, bundle: &Path, systemd_cgroup: bool) -> Runc {
+    pub fn new(
+        binary: &str,
+        root: &str,
+        namespace: &str,
+        bundle: &Path,
+        systemd_cgroup: bool,
+    ) -> Runc {
         let binary = if binary.is_empty() { "runc" } else { binary };
         let root = if root.is_empty() { DEFAULT_ROOT } else { root };
         Runc {
@@ -51,7 +52,11 @@ impl Runc {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.root).arg("--log").arg(&self.log).args(["--log-format", "json"]);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json"]);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
@@ -68,10 +73,14 @@ impl Runc {
         cmd
     }
 
-    /// Runs a command that prints little, capturing its stdout and stderr.
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+    /// Runs a command, capturing its stdout (returned) and stderr (for the error).
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>> {
         let mut cmd = self.command(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
         if let (Some(data), Some(mut w)) = (stdin, sp.child.stdin.take()) {
@@ -83,14 +92,20 @@ impl Runc {
         if status != 0 {
             return Err(self.failure(args[0], status, &stderr));
         }
-        Ok(Output { stdout })
+        Ok(stdout)
     }
 
     fn spawn_error(&self, verb: &str, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::FailedPrecondition(format!("runtime binary {:?} not found (running {verb})", self.binary))
+            Error::FailedPrecondition(format!(
+                "runtime binary {:?} not found (running {verb})",
+                self.binary
+            ))
         } else {
-            Error::Other(format!("{} {verb}: starting {:?}: {e}", self.binary, self.binary))
+            Error::Other(format!(
+                "{} {verb}: starting {:?}: {e}",
+                self.binary, self.binary
+            ))
         }
     }
 
@@ -108,7 +123,12 @@ impl Runc {
             format!("{} {verb} failed: {detail}", self.binary)
         };
         // The messages runc uses for a process or container that is gone (checkKillError in Go).
-        let gone = ["does not exist", "container not running", "process already finished", "no such process"];
+        let gone = [
+            "does not exist",
+            "container not running",
+            "process already finished",
+            "no such process",
+        ];
         if gone.iter().any(|g| detail.contains(g)) {
             Error::NotFound(msg)
         } else {
@@ -174,7 +194,10 @@ impl Runc {
 }
 
 /// Reads a child's stdout and stderr to EOF together (poll), so neither pipe can fill up and block it.
-fn read_both(out: Option<std::process::ChildStdout>, err: Option<std::process::ChildStderr>) -> (Vec<u8>, Vec<u8>) {
+fn read_both(
+    out: Option<std::process::ChildStdout>,
+    err: Option<std::process::ChildStderr>,
+) -> (Vec<u8>, Vec<u8>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut bufs = (Vec::new(), Vec::new());
     let mut srcs: Vec<(Box<dyn Read>, i32, bool)> = Vec::new();
@@ -189,10 +212,19 @@ fn read_both(out: Option<std::process::ChildStdout>, err: Option<std::process::C
     let mut chunk = [0u8; 4096];
     while !srcs.is_empty() {
         let ready: Vec<bool> = {
-            let borrowed: Vec<_> = srcs.iter().map(|(_, fd, _)| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }).collect();
-            let mut fds: Vec<PollFd> = borrowed.iter().map(|b| PollFd::new(*b, PollFlags::POLLIN)).collect();
+            let borrowed: Vec<_> = srcs
+                .iter()
+                .map(|(_, fd, _)| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) })
+                .collect();
+            let mut fds: Vec<PollFd> = borrowed
+                .iter()
+                .map(|b| PollFd::new(*b, PollFlags::POLLIN))
+                .collect();
             match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
+                Ok(_) => fds
+                    .iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break,
             }
@@ -204,7 +236,8 @@ fn read_both(out: Option<std::process::ChildStdout>, err: Option<std::process::C
                 match r.read(&mut chunk) {
                     Ok(0) | Err(_) => false,
                     Ok(n) => {
-                        if *is_out { &mut bufs.0 } else { &mut bufs.1 }.extend_from_slice(&chunk[..n]);
+                        if *is_out { &mut bufs.0 } else { &mut bufs.1 }
+                            .extend_from_slice(&chunk[..n]);
                         true
                     }
                 }
@@ -224,7 +257,8 @@ pub fn last_log_error(log: &Path) -> Option<String> {
     let text = fs::read_to_string(log).ok()?;
     text.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v.get("level")?.as_str()? == "error").then(|| v.get("msg")?.as_str().map(str::to_string))?
+        (v.get("level")?.as_str()? == "error")
+            .then(|| v.get("msg")?.as_str().map(str::to_string))?
     })
 }
 
@@ -239,7 +273,10 @@ mod tests {
         assert_eq!(r.root, "/run/containerd/runc/default");
         assert_eq!(r.log, Path::new("/b/log.json"));
         let r = Runc::new("/usr/bin/crun", "/x/", "k8s.io", Path::new("/b"), true);
-        assert_eq!((r.binary.as_str(), r.root.as_str()), ("/usr/bin/crun", "/x/k8s.io"));
+        assert_eq!(
+            (r.binary.as_str(), r.root.as_str()),
+            ("/usr/bin/crun", "/x/k8s.io")
+        );
     }
 
     #[test]
@@ -252,7 +289,10 @@ mod tests {
             "{\"level\":\"error\",\"msg\":\"first\"}\n{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"runc create failed: unable to load config\"}\n{\"level\":\"info\",\"msg\":\"i\"}\n",
         )
         .unwrap();
-        assert_eq!(last_log_error(&p).as_deref(), Some("runc create failed: unable to load config"));
+        assert_eq!(
+            last_log_error(&p).as_deref(),
+            Some("runc create failed: unable to load config")
+        );
         assert_eq!(last_log_error(&dir.join("missing")), None);
         fs::remove_dir_all(dir).unwrap();
     }

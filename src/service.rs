@@ -62,7 +62,12 @@ impl Drop for Subscription<'_> {
 
 impl Service {
     /// Creates the service and its exit handler, which takes every container exit from the reaper.
-    pub fn start(namespace: &str, events: Publisher, relay: Relay, shutdown: Sender<()>) -> Arc<Service> {
+    pub fn start(
+        namespace: &str,
+        events: Publisher,
+        relay: Relay,
+        shutdown: Sender<()>,
+    ) -> Arc<Service> {
         let svc = Arc::new(Service {
             namespace: namespace.to_string(),
             containers: Mutex::new(HashMap::new()),
@@ -100,7 +105,9 @@ impl Service {
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
         let c = self.container(id)?;
         if !exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {exec_id:?} of container {id:?} not found")));
+            return Err(Error::NotFound(format!(
+                "exec {exec_id:?} of container {id:?} not found"
+            )));
         }
         let init = c.init.clone();
         Ok((c, init))
@@ -182,7 +189,8 @@ impl Service {
             let mut l = lock(&self.lifecycle);
             if l.running_execs.get(&p.container_id).copied().unwrap_or(0) > 0 {
                 // Init's exit is published after its execs' exits.
-                l.pending_init.insert(p.container_id.clone(), (p.clone(), status));
+                l.pending_init
+                    .insert(p.container_id.clone(), (p.clone(), status));
                 return;
             }
         }
@@ -238,7 +246,10 @@ impl Service {
     fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         validate_id("container id", &req.id)?;
         if lock(&self.containers).contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!("container {:?} already exists", req.id)));
+            return Err(Error::AlreadyExists(format!(
+                "container {:?} already exists",
+                req.id
+            )));
         }
         let sub = self.pre_start(None);
         let c = Arc::new(Container::create(&req, &self.namespace, &self.relay)?);
@@ -275,7 +286,10 @@ impl Service {
             },
         );
         self.handle_started(sub, &c.init);
-        Ok(CreateTaskResponse { pid, ..Default::default() })
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
     fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
@@ -289,9 +303,19 @@ impl Service {
         }
         p.end_start(true);
         let pid = p.pid();
-        self.events.publish("/tasks/start", &ev::TaskStart { container_id: c.id.clone(), pid, ..Default::default() });
+        self.events.publish(
+            "/tasks/start",
+            &ev::TaskStart {
+                container_id: c.id.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
         self.handle_started(sub, &p);
-        Ok(StartResponse { pid, ..Default::default() })
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
     fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
@@ -307,7 +331,10 @@ impl Service {
             }
             if let Some(io) = &io {
                 if !io.wait_drained(DRAIN_TIMEOUT) {
-                    log::warn!("container {}: output not drained after {DRAIN_TIMEOUT:?}; closing it", c.id);
+                    log::warn!(
+                        "container {}: output not drained after {DRAIN_TIMEOUT:?}; closing it",
+                        c.id
+                    );
                 }
             }
             if !never_ran {
@@ -335,7 +362,9 @@ impl Service {
         }
         p.end_delete(true);
         let exit = p.exit();
-        let (status, at) = exit.map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
+        let (status, at) = exit
+            .map(|e| (e.status, e.at))
+            .unwrap_or((0, SystemTime::now()));
         self.events.publish(
             "/tasks/delete",
             &ev::TaskDelete {
@@ -347,7 +376,12 @@ impl Service {
             },
         );
         log::info!("deleted container {}", c.id);
-        Ok(DeleteResponse { pid: p.pid(), exit_status: status, exited_at: Some(timestamp(at)).into(), ..Default::default() })
+        Ok(DeleteResponse {
+            pid: p.pid(),
+            exit_status: status,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
     }
 
     fn do_kill(&self, req: KillRequest) -> Result<Empty> {
@@ -379,11 +413,18 @@ impl Service {
     fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse> {
         let (_, p) = self.process(&req.id, &req.exec_id)?;
         let e = p.wait();
-        Ok(WaitResponse { exit_status: e.status, exited_at: Some(timestamp(e.at)).into(), ..Default::default() })
+        Ok(WaitResponse {
+            exit_status: e.status,
+            exited_at: Some(timestamp(e.at)).into(),
+            ..Default::default()
+        })
     }
 
     fn do_connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
-        let task_pid = lock(&self.containers).get(&req.id).map(|c| c.init.pid()).unwrap_or(0);
+        let task_pid = lock(&self.containers)
+            .get(&req.id)
+            .map(|c| c.init.pid())
+            .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -434,7 +475,11 @@ impl Task for Service {
             e.into()
         })
     }
-    fn create(&self, _: &ttrpc::TtrpcContext, r: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
+    fn create(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        r: CreateTaskRequest,
+    ) -> ttrpc::Result<CreateTaskResponse> {
         let id = r.id.clone();
         log_result("Create", &id, self.do_create(r))
     }
@@ -455,7 +500,11 @@ impl Task for Service {
     fn resume(&self, _: &ttrpc::TtrpcContext, _: ResumeRequest) -> ttrpc::Result<Empty> {
         unimplemented("Resume")
     }
-    fn checkpoint(&self, _: &ttrpc::TtrpcContext, _: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+    fn checkpoint(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("Checkpoint")
     }
     fn kill(&self, _: &ttrpc::TtrpcContext, r: KillRequest) -> ttrpc::Result<Empty> {
@@ -485,7 +534,11 @@ impl Task for Service {
     fn stats(&self, _: &ttrpc::TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
         unimplemented("Stats")
     }
-    fn connect(&self, _: &ttrpc::TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
+    fn connect(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        r: ConnectRequest,
+    ) -> ttrpc::Result<ConnectResponse> {
         let id = r.id.clone();
         log_result("Connect", &id, self.do_connect(r))
     }

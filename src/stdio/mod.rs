@@ -59,7 +59,8 @@ pub struct ProcessIo {
 }
 
 fn open(path: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -76,7 +77,10 @@ fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
         return Ok(());
     }
     if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
-        return Err(Error::Other(format!("chown of io pipe to {uid}:{gid}: {}", std::io::Error::last_os_error())));
+        return Err(Error::Other(format!(
+            "chown of io pipe to {uid}:{gid}: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -91,7 +95,9 @@ fn target(uri: &str) -> Result<Target<'_>> {
         None => Ok(Target::Fifo(Path::new(uri))),
         Some(("fifo", p)) => Ok(Target::Fifo(Path::new(p))),
         Some(("file", p)) => Ok(Target::File(Path::new(p))),
-        Some((scheme, _)) => Err(Error::Unimplemented(format!("io uri scheme {scheme:?} of {uri:?} is not supported"))),
+        Some((scheme, _)) => Err(Error::Unimplemented(format!(
+            "io uri scheme {scheme:?} of {uri:?} is not supported"
+        ))),
     }
 }
 
@@ -100,18 +106,24 @@ fn open_output(uri: &str) -> Result<(OwnedFd, Option<OwnedFd>)> {
     match target(uri)? {
         Target::Fifo(p) => {
             // Reader first: it never blocks, and with it present the writer opens without blocking.
-            let held = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0)
-                .map_err(|e| Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display())))?;
-            let w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0)
-                .map_err(|e| Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display())))?;
+            let held = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| {
+                Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display()))
+            })?;
+            let w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0).map_err(|e| {
+                Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display()))
+            })?;
             Ok((w, Some(held)))
         }
         Target::File(p) => {
             if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::InvalidArgument(format!("creating {}: {e}", dir.display()))
+                })?;
             }
-            let f = open(p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644)
-                .map_err(|e| Error::InvalidArgument(format!("opening log file {}: {e}", p.display())))?;
+            let f =
+                open(p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644).map_err(|e| {
+                    Error::InvalidArgument(format!("opening log file {}: {e}", p.display()))
+                })?;
             Ok((f, None))
         }
     }
@@ -120,26 +132,51 @@ fn open_output(uri: &str) -> Result<(OwnedFd, Option<OwnedFd>)> {
 /// Opens the client side and makes the pipes. Nothing runs yet; dropping the results closes everything.
 pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, PendingIo)> {
     if paths.terminal {
-        return Err(Error::Unimplemented("terminal (TTY) io is not supported by this shim yet".into()));
+        return Err(Error::Unimplemented(
+            "terminal (TTY) io is not supported by this shim yet".into(),
+        ));
     }
-    let mut child = ChildStdio { stdin: None, stdout: None, stderr: None };
-    let mut pending = PendingIo { stdin: None, outputs: Vec::new(), stdin_writer: None };
+    let mut child = ChildStdio {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    };
+    let mut pending = PendingIo {
+        stdin: None,
+        outputs: Vec::new(),
+        stdin_writer: None,
+    };
     if !paths.stdin.is_empty() {
         let p = match target(&paths.stdin)? {
             Target::Fifo(p) => p,
-            Target::File(_) => return Err(Error::InvalidArgument(format!("stdin {:?} must be a fifo", paths.stdin))),
+            Target::File(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "stdin {:?} must be a fifo",
+                    paths.stdin
+                )))
+            }
         };
-        let err = |e: std::io::Error| Error::InvalidArgument(format!("opening stdin fifo {}: {e}", p.display()));
+        let err = |e: std::io::Error| {
+            Error::InvalidArgument(format!("opening stdin fifo {}: {e}", p.display()))
+        };
         let fifo_r = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(err)?;
         // Held so the relay never sees EOF when a client detaches; CloseIO drops it.
         let fifo_w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0).map_err(err)?;
         let (r, w) = pipe()?;
         chown(&r, uid, gid)?;
         child.stdin = Some(r);
-        pending.stdin = Some(Stream { src: fifo_r, dst: w, hold: None, on_done: None });
+        pending.stdin = Some(Stream {
+            src: fifo_r,
+            dst: w,
+            hold: None,
+            on_done: None,
+        });
         pending.stdin_writer = Some(fifo_w);
     }
-    for (uri, slot) in [(&paths.stdout, &mut child.stdout), (&paths.stderr, &mut child.stderr)] {
+    for (uri, slot) in [
+        (&paths.stdout, &mut child.stdout),
+        (&paths.stderr, &mut child.stderr),
+    ] {
         if uri.is_empty() {
             continue;
         }
@@ -147,7 +184,12 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
         let (r, w) = pipe()?;
         chown(&w, uid, gid)?;
         *slot = Some(w);
-        pending.outputs.push(Stream { src: r, dst, hold, on_done: None });
+        pending.outputs.push(Stream {
+            src: r,
+            dst,
+            hold,
+            on_done: None,
+        });
     }
     Ok((child, pending))
 }
@@ -183,7 +225,10 @@ impl ProcessIo {
     /// CloseIO: drop the shim's writer on the stdin fifo; the container sees EOF once the client's
     /// writer is closed too.
     pub fn close_stdin(&self) {
-        self.stdin_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.stdin_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// Waits until every output stream reached EOF and was flushed to its destination.
@@ -195,7 +240,12 @@ impl ProcessIo {
             if now >= deadline {
                 return false;
             }
-            left = self.drain.cv.wait_timeout(left, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            left = self
+                .drain
+                .cv
+                .wait_timeout(left, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         true
     }

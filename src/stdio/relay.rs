@@ -16,6 +16,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 pub struct Stream {
     pub src: OwnedFd,
     pub dst: OwnedFd,
+    #[allow(dead_code)] // never read: it only has to stay open
     pub hold: Option<OwnedFd>,
     pub on_done: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -43,9 +44,17 @@ impl Relay {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
-        let shared = Arc::new(Shared { epoll, wake, cmds: Mutex::new(Vec::new()), next: AtomicU64::new(1) });
+        let shared = Arc::new(Shared {
+            epoll,
+            wake,
+            cmds: Mutex::new(Vec::new()),
+            next: AtomicU64::new(1),
+        });
         let s = shared.clone();
-        std::thread::Builder::new().name("io".into()).stack_size(128 * 1024).spawn(move || run(&s))?;
+        std::thread::Builder::new()
+            .name("io".into())
+            .stack_size(128 * 1024)
+            .spawn(move || run(&s))?;
         Ok(Relay(shared))
     }
 
@@ -62,7 +71,11 @@ impl Relay {
     }
 
     fn send(&self, c: Cmd) {
-        self.0.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        self.0
+            .cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
         let _ = self.0.wake.write(1);
     }
 }
@@ -116,7 +129,11 @@ fn pump(a: &mut Active) -> Pump {
         match Errno::last() {
             Errno::EINTR => continue,
             Errno::EAGAIN => {
-                return if readable_bytes(src) > 0 { Pump::WaitDst } else { Pump::WaitSrc };
+                return if readable_bytes(src) > 0 {
+                    Pump::WaitDst
+                } else {
+                    Pump::WaitSrc
+                };
             }
             // The reader of the destination is gone (the container closed its stdin): nothing more to do.
             Errno::EPIPE => return Pump::Done,
@@ -197,7 +214,10 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
         } else {
             (a.s.src.as_fd(), EpollFlags::EPOLLIN)
         };
-        if let Err(e) = sh.epoll.add(fd, EpollEvent::new(flags, token(id, want_dst))) {
+        if let Err(e) = sh
+            .epoll
+            .add(fd, EpollEvent::new(flags, token(id, want_dst)))
+        {
             log::warn!("io relay: epoll add: {e}");
             finish_unregistered(a);
             return;
@@ -207,7 +227,11 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
 }
 
 fn deregister(sh: &Shared, a: &Active) {
-    let fd = if a.on_dst { a.s.dst.as_fd() } else { a.s.src.as_fd() };
+    let fd = if a.on_dst {
+        a.s.dst.as_fd()
+    } else {
+        a.s.src.as_fd()
+    };
     let _ = sh.epoll.delete(fd);
 }
 
