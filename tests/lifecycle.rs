@@ -39,13 +39,19 @@ impl Events {
             let _ = std::io::Read::read_to_string(&mut out, &mut s);
             s
         });
-        Events { child, reader: Some(reader) }
+        Events {
+            child,
+            reader: Some(reader),
+        }
     }
 
     fn stop(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.reader.take().map(|r| r.join().unwrap_or_default()).unwrap_or_default()
+        self.reader
+            .take()
+            .map(|r| r.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
@@ -81,7 +87,16 @@ fn echo_hello_and_nothing_left() {
     }
     let c = Containerd::start();
     let id = unique_id("hello");
-    let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "echo", "hello"]);
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "echo",
+        "hello",
+    ]);
     assert_eq!(out, "hello\n");
     assert_clean(&c);
 }
@@ -93,22 +108,54 @@ fn stderr_is_separate_and_exit_codes_pass_through() {
     }
     let c = Containerd::start();
     let id = unique_id("codes");
-    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("err\n"), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("err\n"),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.status.code(), Some(3), "{o:?}");
 
     // ctr exits with 137 when the container is killed with SIGKILL.
     let id = unique_id("killed");
-    let mut run = c.spawn_ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    let mut run = c.spawn_ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id) && l.contains("RUNNING")) {
+    while !c
+        .ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with(&id) && l.contains("RUNNING"))
+    {
         assert!(Instant::now() < deadline, "task never ran");
         std::thread::sleep(Duration::from_millis(50));
     }
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
     let status = wait_child(&mut run, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(137), "{status:?} signal {:?}", status.signal());
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "{status:?} signal {:?}",
+        status.signal()
+    );
     assert_clean(&c);
 }
 
@@ -127,7 +174,10 @@ fn stdin_round_trips_and_eof_ends_cat() {
         x ^= x << 17;
         *b = x as u8;
     }
-    let o = c.ctr_stdin(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "cat"], &input);
+    let o = c.ctr_stdin(
+        &["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "cat"],
+        &input,
+    );
     assert!(o.status.success(), "{o:?}");
     assert_eq!(o.stdout.len(), input.len());
     assert!(o.stdout == input, "stdin came back altered");
@@ -143,10 +193,28 @@ fn large_stdout_arrives_complete() {
     let id = unique_id("big");
     // The container hashes what it writes and reports the hash on stderr.
     let script = "head -c 67108864 /dev/urandom > /tmp/d && sha256sum /tmp/d >&2 && cat /tmp/d";
-    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", script]);
-    assert!(o.status.success(), "{:?}", String::from_utf8_lossy(&o.stderr));
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        o.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(o.stdout.len(), 64 << 20);
-    let want = String::from_utf8_lossy(&o.stderr).split_whitespace().next().unwrap_or_default().to_string();
+    let want = String::from_utf8_lossy(&o.stderr)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert_eq!(hex(Sha256::digest(&o.stdout)), want);
     assert_clean(&c);
 }
@@ -158,14 +226,33 @@ fn detached_task_lifecycle_leaves_nothing() {
     }
     let c = Containerd::start();
     let id = unique_id("detached");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
     let ls = c.ctr_ok(&["task", "ls"]);
-    let line = ls.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("task missing: {ls}"));
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("task missing: {ls}"));
     assert!(line.contains("RUNNING"), "{line}");
-    assert!(!c.leftovers().is_empty(), "leftovers() must see a running shim");
+    assert!(
+        !c.leftovers().is_empty(),
+        "leftovers() must see a running shim"
+    );
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id) && l.contains("STOPPED")) {
+    while !c
+        .ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+    {
         assert!(Instant::now() < deadline, "task never stopped");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -191,7 +278,17 @@ fn rootfs_directory_without_mounts() {
     }
     let id = unique_id("rootfs");
     let dir = rootfs.to_string_lossy().to_string();
-    let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, "--rootfs", &dir, &id, "/bin/echo", "from-dir"]);
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        &dir,
+        &id,
+        "/bin/echo",
+        "from-dir",
+    ]);
     assert_eq!(out, "from-dir\n");
     assert_clean(&c);
 }
@@ -213,7 +310,16 @@ fn events_are_published_in_order() {
         .filter(|l| l.contains(&format!("\"{id}\"")))
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
         .collect();
-    assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "events:\n{text}");
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "events:\n{text}"
+    );
     assert_clean(&c);
 }
 
@@ -242,17 +348,36 @@ fn failing_runc_gives_clear_errors_and_leaves_nothing() {
     let c = Containerd::start();
     // The process in the spec does not exist: runc create fails, and says why.
     let id = unique_id("noexec");
-    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "/no/such/binary"]);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "/no/such/binary",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("/no/such/binary") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("/no/such/binary") && err.contains("no such file"),
+        "{err}"
+    );
     let _ = c.ctr(&["containers", "rm", &id]);
 
     // A malformed spec given with --config.
     let id = unique_id("badspec");
     let spec = c.dir.join("bad-config.json");
     std::fs::write(&spec, r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/"},"root":{"path":"rootfs"},"linux":{"namespaces":[{"type":"bogus"}]}}"#).unwrap();
-    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &spec.to_string_lossy(), &id]);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--config",
+        &spec.to_string_lossy(),
+        &id,
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bogus"), "{err}");
@@ -262,10 +387,23 @@ fn failing_runc_gives_clear_errors_and_leaves_nothing() {
     let id = unique_id("nobinary");
     let toml = c.dir.join("runtime.toml");
     std::fs::write(&toml, "BinaryName = \"/no/such/runc\"\n").unwrap();
-    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", &toml.to_string_lossy(), IMAGE, &id, "true"]);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &toml.to_string_lossy(),
+        IMAGE,
+        &id,
+        "true",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("runtime binary \"/no/such/runc\" not found"), "{err}");
+    assert!(
+        err.contains("runtime binary \"/no/such/runc\" not found"),
+        "{err}"
+    );
     let _ = c.ctr(&["containers", "rm", &id]);
     assert_clean(&c);
 }
@@ -275,17 +413,237 @@ fn ids_that_escape_are_refused_by_start_and_delete() {
     for action in ["start", "delete"] {
         for id in ["../x", "a/b", ".."] {
             let o = std::process::Command::new(SHIM_BIN)
-                .args(["-namespace", "default", "-address", "/nonexistent.sock", "-id", id, "-bundle", "/nonexistent", action])
+                .args([
+                    "-namespace",
+                    "default",
+                    "-address",
+                    "/nonexistent.sock",
+                    "-id",
+                    id,
+                    "-bundle",
+                    "/nonexistent",
+                    action,
+                ])
                 .stdin(std::process::Stdio::null())
                 .current_dir("/")
                 .output()
                 .unwrap();
             assert_eq!(o.status.code(), Some(1), "{action} {id}: {o:?}");
             let err = String::from_utf8_lossy(&o.stderr);
-            assert!(err.contains(&format!("invalid id (-id) {id:?}")), "{action} {id}: {err}");
+            assert!(
+                err.contains(&format!("invalid id (-id) {id:?}")),
+                "{action} {id}: {err}"
+            );
             assert!(o.stdout.is_empty());
         }
     }
-    let o = std::process::Command::new(SHIM_BIN).args(["-id", "x", "start"]).stdin(std::process::Stdio::null()).output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stderr).contains("namespace cannot be empty"), "{o:?}");
+    let o = std::process::Command::new(SHIM_BIN)
+        .args(["-id", "x", "start"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("namespace cannot be empty"),
+        "{o:?}"
+    );
+}
+
+/// The first process whose argv satisfies `f`.
+fn find_pid(f: impl Fn(&[&[u8]]) -> bool) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        (!args[0].is_empty() && f(&args)).then_some(pid)
+    })
+}
+
+/// The pid of the shim daemon serving container `id` (its argv holds `-id <id>`).
+fn shim_pid(id: &str) -> Option<u32> {
+    find_pid(|args| {
+        args[0].ends_with(b"containerd-shim-rustrunc-v2")
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"-id" && w[1] == id.as_bytes())
+            && !args.contains(&&b"start"[..])
+    })
+}
+
+fn read_trim(p: impl AsRef<std::path::Path>) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn daemon_socket_permissions_oom_score_and_fds() {
+    use std::os::unix::fs::PermissionsExt;
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("daemon");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let bundle = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(&id);
+    let address = read_trim(bundle.join("address"));
+    let socket = address
+        .strip_prefix("unix://")
+        .unwrap_or_else(|| panic!("address file: {address:?}"));
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(socket), 0o600, "socket {socket}");
+    assert_eq!(mode("/run/containerd/s"), 0o700);
+
+    let pid = shim_pid(&id).expect("shim process");
+    // `start` writes containerd's score + 1: containerd is the parent of `start`.
+    let dir = c.dir.to_string_lossy().to_string();
+    let containerd_pid = find_pid(|args| {
+        args[0].ends_with(b"containerd") && args.iter().any(|a| a.starts_with(dir.as_bytes()))
+    })
+    .expect("containerd process");
+    let containerd_score: i32 = read_trim(format!("/proc/{containerd_pid}/oom_score_adj"))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        read_trim(format!("/proc/{pid}/oom_score_adj")),
+        (containerd_score + 1).min(1000).to_string()
+    );
+
+    // The container sees its stdio and nothing of the shim's (listener, log fifo, epoll, ...).
+    let out = c.ctr_ok(&["task", "ls"]);
+    let cpid = out
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{cpid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut fds: Vec<u32> = fds.iter().filter_map(|f| f.parse().ok()).collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2], "container fds");
+
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c
+        .ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+    {
+        assert!(Instant::now() < deadline, "task never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert!(
+        !std::path::Path::new(socket).exists(),
+        "socket {socket} not removed"
+    );
+    assert_clean(&c);
+}
+
+#[test]
+fn sigterm_stops_the_shim_and_containerd_cleans_up() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("sigterm");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let pid = shim_pid(&id).expect("shim process");
+    let bundle = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(&id);
+    let socket = read_trim(bundle.join("address"))
+        .trim_start_matches("unix://")
+        .to_string();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && read_trim(format!("/proc/{pid}/stat")).split(' ').nth(2) != Some("Z")
+    {
+        assert!(Instant::now() < deadline, "shim ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "socket left after SIGTERM"
+    );
+    // containerd notices the disconnect and runs `shim delete`, which kills and removes the container.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c
+        .ctr_ok(&["task", "ls"])
+        .lines()
+        .any(|l| l.starts_with(&id))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "task still listed after the shim died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_clean(&c);
+}
+
+#[test]
+fn delete_action_is_idempotent_and_prints_a_delete_response() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_id("rr-delete"));
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    std::fs::write(dir.join("init.pid"), "4242").unwrap();
+    for _ in 0..2 {
+        let o = std::process::Command::new(SHIM_BIN)
+            .args([
+                "-namespace",
+                "rr-delete-test",
+                "-address",
+                "/nonexistent.sock",
+                "-publish-binary",
+                "/usr/bin/containerd",
+            ])
+            .args(["-id", "gone", "-bundle", &dir.to_string_lossy(), "delete"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        // DeleteResponse{pid=1: 4242, exit_status=2: 137, exited_at=3: {...}}, raw protobuf.
+        assert_eq!(
+            &o.stdout[..6],
+            &[0x08, 0x92, 0x21, 0x10, 0x89, 0x01],
+            "{:?}",
+            o.stdout
+        );
+        assert_eq!(o.stdout[6], 0x1a, "exited_at present");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
