@@ -79,10 +79,7 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
     let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
         return id.to_string();
     };
-    for key in [
-        "io.containerd.runc.v2.group",
-        "io.kubernetes.cri.sandbox-id",
-    ] {
+    for key in ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"] {
         if let Some(g) = spec
             .pointer("/annotations")
             .and_then(|a| a.get(key))
@@ -145,14 +142,10 @@ pub fn start(flags: &Flags) -> Result<String> {
         Err(e) => return Err(Error::Other(format!("listening on {path}: {e}"))),
     };
     let result = (|| {
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .ctx(|| format!("chmod {path}"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ctx(|| format!("chmod {path}"))?;
         let pid = spawn_daemon(flags, &path, &listener)?;
         if let Err(e) = place_daemon(pid, &start_input.options) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
             return Err(e);
         }
         write_address(&bundle, &address)
@@ -188,9 +181,7 @@ fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<
     if flags.debug {
         cmd.arg("-debug");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let fd = listener.as_raw_fd();
     unsafe {
         cmd.pre_exec(move || {
@@ -227,8 +218,7 @@ fn place_daemon(pid: u32, opts: &Options) -> Result<()> {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let ours = (score + 1).min(1000);
-    fs::write(format!("/proc/{pid}/oom_score_adj"), ours.to_string())
-        .ctx(|| "setting oom_score_adj")?;
+    fs::write(format!("/proc/{pid}/oom_score_adj"), ours.to_string()).ctx(|| "setting oom_score_adj")?;
     Ok(())
 }
 
@@ -252,13 +242,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     } else {
         binary.trim().to_string()
     };
-    let runc = Runc::new(
-        &binary,
-        &opts.root,
-        &flags.namespace,
-        &bundle,
-        opts.systemd_cgroup,
-    );
+    let runc = Runc::new(&binary, &opts.root, &flags.namespace, &bundle, opts.systemd_cgroup);
     if let Err(e) = runc.delete(&flags.id, true) {
         if !matches!(e, Error::NotFound(_)) {
             eprintln!("warning: {e}");
@@ -291,12 +275,7 @@ mod tests {
     fn socket_address_known_vector() {
         // sha256("/run/containerd/containerd.sock/default/c1"), as the Go shim computes it.
         assert_eq!(
-            socket_path(
-                SOCKET_DIR,
-                "/run/containerd/containerd.sock",
-                "default",
-                "c1"
-            ),
+            socket_path(SOCKET_DIR, "/run/containerd/containerd.sock", "default", "c1"),
             "/run/containerd/s/d25aa4ef11a84e954e74a5bcff06557d0b6ea8d0c00243896f29826694bbd888"
         );
         // filepath.Join cleans the path.
@@ -307,12 +286,7 @@ mod tests {
                 "default",
                 "c1"
             ),
-            socket_path(
-                SOCKET_DIR,
-                "/run/containerd/containerd.sock",
-                "default",
-                "c1"
-            ),
+            socket_path(SOCKET_DIR, "/run/containerd/containerd.sock", "default", "c1"),
         );
     }
 

@@ -9,8 +9,7 @@ use crate::error::{Error, Result};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 pub fn is_unified() -> bool {
-    nix::sys::statfs::statfs(CGROUP_ROOT)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    nix::sys::statfs::statfs(CGROUP_ROOT).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// Mount points of the v1 hierarchies.
@@ -47,12 +46,7 @@ pub fn add_process(path: &str, pid: u32) -> Result<()> {
     for d in &dirs {
         match fs::write(d.join("cgroup.procs"), pid.to_string()) {
             Ok(()) => done += 1,
-            Err(e) => {
-                return Err(Error::Other(format!(
-                    "adding pid {pid} to {}: {e}",
-                    d.display()
-                )))
-            }
+            Err(e) => return Err(Error::Other(format!("adding pid {pid} to {}: {e}", d.display()))),
         }
     }
     if done == 0 {

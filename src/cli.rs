@@ -40,9 +40,7 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, UsageError> {
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(UsageError(format!(
-            "invalid boolean value {v:?} for -{name}"
-        ))),
+        _ => Err(UsageError(format!("invalid boolean value {v:?} for -{name}"))),
     }
 }
 
@@ -95,11 +93,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Flags, UsageErro
                 };
                 *slot = value;
             }
-            _ => {
-                return Err(UsageError(format!(
-                    "flag provided but not defined: -{name}"
-                )))
-            }
+            _ => return Err(UsageError(format!("flag provided but not defined: -{name}"))),
         }
     }
     f.action = match positional.first().map(String::as_str) {
@@ -144,15 +138,7 @@ mod tests {
 
     #[test]
     fn delete_with_bundle_and_equals_forms() {
-        let f = p(&[
-            "--namespace=k8s.io",
-            "-id=x",
-            "-bundle",
-            "/b",
-            "-debug=false",
-            "delete",
-        ])
-        .unwrap();
+        let f = p(&["--namespace=k8s.io", "-id=x", "-bundle", "/b", "-debug=false", "delete"]).unwrap();
         assert_eq!(
             (f.namespace.as_str(), f.id.as_str(), f.bundle.as_str()),
             ("k8s.io", "x", "/b")
@@ -163,10 +149,7 @@ mod tests {
 
     #[test]
     fn daemon_version_info() {
-        assert_eq!(
-            p(&["-namespace", "n", "-id", "i"]).unwrap().action,
-            Action::Daemon
-        );
+        assert_eq!(p(&["-namespace", "n", "-id", "i"]).unwrap().action, Action::Daemon);
         assert!(p(&["-v"]).unwrap().version);
         assert!(p(&["-version"]).unwrap().version);
         assert!(p(&["-info"]).unwrap().info);
@@ -181,10 +164,7 @@ mod tests {
 
     #[test]
     fn errors_are_clear() {
-        assert_eq!(
-            p(&["-bogus"]).unwrap_err().0,
-            "flag provided but not defined: -bogus"
-        );
+        assert_eq!(p(&["-bogus"]).unwrap_err().0, "flag provided but not defined: -bogus");
         assert_eq!(p(&["-id"]).unwrap_err().0, "flag needs an argument: -id");
         assert_eq!(
             p(&["-debug=maybe"]).unwrap_err().0,

@@ -1,8 +1,9 @@
 //! A container: its bundle, its runc, its init process, its rootfs mounts.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Context, Error, Result};
 use crate::mount::{self, Mount};
@@ -17,18 +18,17 @@ pub struct Container {
     pub bundle: PathBuf,
     pub runc: Runc,
     pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
     pub mounts: Vec<Mount>,
+    pub io_uid: u32,
+    pub io_gid: u32,
     /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
     pub kill_all_on_exit: bool,
 }
 
 /// Ids become path components (bundle, runc state, pid files): refuse anything that could escape.
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Err(Error::InvalidArgument(format!(
-            "invalid {what} {id:?}: {why}"
-        )))
-    };
+    let bad = |why: &str| Err(Error::InvalidArgument(format!("invalid {what} {id:?}: {why}")));
     if id.is_empty() {
         return bad("empty");
     }
@@ -60,10 +60,7 @@ fn has_private_pid_ns(bundle: &Path) -> bool {
         .is_some_and(|ns| {
             ns.iter().any(|n| {
                 n.get("type").and_then(|t| t.as_str()) == Some("pid")
-                    && n.get("path")
-                        .and_then(|p| p.as_str())
-                        .unwrap_or("")
-                        .is_empty()
+                    && n.get("path").and_then(|p| p.as_str()).unwrap_or("").is_empty()
             })
         })
 }
@@ -108,20 +105,13 @@ impl Container {
                 "restore from a checkpoint is not supported by this shim yet".into(),
             ));
         }
-        let runc = Runc::new(
-            &opts.binary_name,
-            &opts.root,
-            namespace,
-            &bundle,
-            opts.systemd_cgroup,
-        );
+        let runc = Runc::new(&opts.binary_name, &opts.root, namespace, &bundle, opts.systemd_cgroup);
         write_atomic(
             &bundle.join("options.json"),
             &serde_json::to_vec(&opts).unwrap_or_default(),
         )
         .ctx(|| "writing options.json")?;
-        write_atomic(&bundle.join("runtime"), opts.binary_name.as_bytes())
-            .ctx(|| "writing runtime")?;
+        write_atomic(&bundle.join("runtime"), opts.binary_name.as_bytes()).ctx(|| "writing runtime")?;
 
         let mounts: Vec<Mount> = req
             .rootfs
@@ -193,15 +183,45 @@ impl Container {
         };
         let init = Arc::new(Process::new(id, None, paths));
         init.set_pid(pid);
-        *init.io.lock().unwrap() = Some(pending.start(relay));
+        init.set_io(pending.start(relay));
         Ok(Container {
             id: id.to_string(),
             kill_all_on_exit: !has_private_pid_ns(&bundle),
             bundle,
             runc,
             init,
+            execs: Mutex::new(HashMap::new()),
             mounts,
+            io_uid: opts.io_uid,
+            io_gid: opts.io_gid,
         })
+    }
+
+    pub fn exec(&self, exec_id: &str) -> Result<Arc<Process>> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} of container {:?} not found", self.id)))
+    }
+
+    /// Runs `runc exec` for a created exec process: its IO, its spec file, its pid.
+    pub fn start_exec(&self, p: &Process, relay: &Relay) -> Result<u32> {
+        let exec_id = p.exec_id.as_deref().unwrap_or_default();
+        let (child, pending) = stdio::prepare(&p.stdio, self.io_uid, self.io_gid)?;
+        let spec = self.bundle.join(format!(".exec-{exec_id}.json"));
+        write_atomic(&spec, &p.spec).ctx(|| "writing the exec process spec")?;
+        let pid_file = self.bundle.join(format!("{exec_id}.pid"));
+        let r = self
+            .runc
+            .exec(&self.id, &spec, &pid_file, child.into_stdio())
+            .and_then(|()| read_pid(&pid_file));
+        let _ = fs::remove_file(&spec);
+        let pid = r?;
+        p.set_pid(pid);
+        p.set_io(pending.start(relay));
+        Ok(pid)
     }
 
     pub fn rootfs(&self) -> PathBuf {
@@ -233,16 +253,7 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_are_refused() {
-        for bad in [
-            "",
-            "a/b",
-            "..",
-            "../x",
-            "a..b",
-            "x\0y",
-            "-rf",
-            &"x".repeat(256),
-        ] {
+        for bad in ["", "a/b", "..", "../x", "a..b", "x\0y", "-rf", &"x".repeat(256)] {
             assert!(
                 matches!(validate_id("id", bad), Err(Error::InvalidArgument(_))),
                 "{bad:?}"

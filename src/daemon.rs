@@ -35,8 +35,8 @@ pub fn run(flags: &Flags) -> Result<()> {
         unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
         LISTENER_FD
     } else if !flags.socket.is_empty() {
-        let l = std::os::unix::net::UnixListener::bind(&flags.socket)
-            .ctx(|| format!("listening on {}", flags.socket))?;
+        let l =
+            std::os::unix::net::UnixListener::bind(&flags.socket).ctx(|| format!("listening on {}", flags.socket))?;
         std::os::fd::IntoRawFd::into_raw_fd(l)
     } else {
         return Err(crate::error::Error::InvalidArgument(

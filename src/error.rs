@@ -104,9 +104,6 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(Error::NotFound("a".into()).context("b").to_string(), "b: a");
-        assert_eq!(
-            Error::NotFound("a".into()).context("b").code(),
-            ttrpc::Code::NOT_FOUND
-        );
+        assert_eq!(Error::NotFound("a".into()).context("b").code(), ttrpc::Code::NOT_FOUND);
     }
 }

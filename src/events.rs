@@ -107,10 +107,7 @@ fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink) {
                     match sink.forward(&env) {
                         Ok(()) => break,
                         Err(e) if attempt >= ATTEMPTS => {
-                            log::error!(
-                                "dropping event {} after {attempt} attempts: {e}",
-                                env.topic
-                            );
+                            log::error!("dropping event {} after {attempt} attempts: {e}", env.topic);
                             break;
                         }
                         Err(e) => {
@@ -146,8 +143,8 @@ impl Sink for Containerd {
             return Err("TTRPC_ADDRESS is not set: no way to reach containerd".into());
         }
         if self.client.is_none() {
-            let c = ttrpc::Client::connect(&self.address)
-                .map_err(|e| format!("connecting to {}: {e}", self.address))?;
+            let c =
+                ttrpc::Client::connect(&self.address).map_err(|e| format!("connecting to {}: {e}", self.address))?;
             self.client = Some(EventsClient::new(c));
         }
         let mut req = ForwardRequest::new();

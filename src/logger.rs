@@ -23,9 +23,7 @@ impl log::Log for Logger {
             log::Level::Debug => "debug",
             log::Level::Trace => "trace",
         };
-        let msg = format!("{}", r.args())
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"");
+        let msg = format!("{}", r.args()).replace('\\', "\\\\").replace('"', "\\\"");
         let line = format!(
             "time=\"{}\" level={level} msg=\"{msg}\" runtime=io.containerd.rustrunc.v2\n",
             rfc3339(std::time::SystemTime::now())

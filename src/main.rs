@@ -45,9 +45,7 @@ fn main() {
         std::process::exit(1);
     }
     let result = match flags.action {
-        Action::Start => {
-            bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes()))
-        }
+        Action::Start => bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes())),
         Action::Delete => bootstrap::delete(&flags).map(|resp| bootstrap::print(&resp)),
         Action::Daemon => daemon::run(&flags),
     };

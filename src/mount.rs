@@ -40,11 +40,7 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
             "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
             "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
-            "rbind" => (
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                MsFlags::empty(),
-                MsFlags::empty(),
-            ),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty()),
             "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
             "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
             "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
@@ -59,17 +55,9 @@ fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
                 MsFlags::MS_PRIVATE | MsFlags::MS_REC,
             ),
             "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_SHARED | MsFlags::MS_REC,
-            ),
+            "rshared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED | MsFlags::MS_REC),
             "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            ),
+            "rslave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE | MsFlags::MS_REC),
             "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
             "runbindable" => (
                 MsFlags::empty(),
@@ -159,13 +147,7 @@ impl Mount {
             }
         }
         if !propagation.is_empty() {
-            if let Err(e) = mount(
-                None::<&str>,
-                &target,
-                None::<&str>,
-                propagation,
-                None::<&str>,
-            ) {
+            if let Err(e) = mount(None::<&str>, &target, None::<&str>, propagation, None::<&str>) {
                 let _ = umount2(&target, MntFlags::MNT_DETACH);
                 return Err(what(e));
             }
@@ -249,11 +231,7 @@ fn common_dir(dirs: &[&str]) -> String {
     prefix.pop();
     for d in &dirs[1..] {
         let parts: Vec<&str> = d.split('/').collect();
-        let n = prefix
-            .iter()
-            .zip(parts.iter())
-            .take_while(|(a, b)| a == b)
-            .count();
+        let n = prefix.iter().zip(parts.iter()).take_while(|(a, b)| a == b).count();
         prefix.truncate(n.min(parts.len().saturating_sub(1)));
     }
     prefix.join("/")
@@ -273,10 +251,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -289,10 +264,7 @@ fn unescape(s: &str) -> String {
 
 /// Unmounts `target` and everything below it, deepest first. Missing or unmounted targets are fine.
 pub fn unmount_recursive(target: &Path) -> Result<()> {
-    let mut mounts: Vec<PathBuf> = mount_points()
-        .into_iter()
-        .filter(|m| m.starts_with(target))
-        .collect();
+    let mut mounts: Vec<PathBuf> = mount_points().into_iter().filter(|m| m.starts_with(target)).collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     mounts.dedup();
     let mut last_err = None;
@@ -331,14 +303,7 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let (f, p, d) = parse_options(&s(&[
-            "ro",
-            "nosuid",
-            "lowerdir=/a:/b",
-            "upperdir=/u",
-            "rw",
-            "rprivate",
-        ]));
+        let (f, p, d) = parse_options(&s(&["ro", "nosuid", "lowerdir=/a:/b", "upperdir=/u", "rw", "rprivate"]));
         assert_eq!(f, MsFlags::MS_NOSUID);
         assert_eq!(p, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(d, "lowerdir=/a:/b,upperdir=/u");
@@ -381,9 +346,6 @@ mod tests {
             options: vec![],
         };
         let e = m.mount_at(Path::new("/nonexistent")).unwrap_err();
-        assert!(
-            e.to_string().contains("\"nosuchfs\" is not supported"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("\"nosuchfs\" is not supported"), "{e}");
     }
 }

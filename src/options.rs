@@ -113,15 +113,8 @@ pub fn from_toml(text: &str) -> Result<Options> {
         if line.is_empty() || line.starts_with('[') {
             continue;
         }
-        let err = |what: &str| {
-            Error::InvalidArgument(format!(
-                "runtime options TOML line {}: {what}: {raw:?}",
-                n + 1
-            ))
-        };
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| err("expected key = value"))?;
+        let err = |what: &str| Error::InvalidArgument(format!("runtime options TOML line {}: {what}: {raw:?}", n + 1));
+        let (key, value) = line.split_once('=').ok_or_else(|| err("expected key = value"))?;
         let key = key.trim().trim_matches('"');
         let value = value.trim();
         let string = || -> Result<String> {
@@ -145,11 +138,7 @@ pub fn from_toml(text: &str) -> Result<Options> {
             "false" => Ok(false),
             _ => Err(err("expected true or false")),
         };
-        let number = || {
-            value
-                .parse::<u32>()
-                .map_err(|_| err("expected a non-negative integer"))
-        };
+        let number = || value.parse::<u32>().map_err(|_| err("expected a non-negative integer"));
         match key.to_ascii_lowercase().replace('_', "").as_str() {
             "nopivotroot" => o.no_pivot_root = boolean()?,
             "nonewkeyring" => o.no_new_keyring = boolean()?,
@@ -309,15 +298,11 @@ mod tests {
     fn bad_options_are_clear_errors() {
         let e = from_any("foo.Bar", b"").unwrap_err();
         assert!(
-            e.to_string()
-                .contains("unsupported runtime options type \"foo.Bar\""),
+            e.to_string().contains("unsupported runtime options type \"foo.Bar\""),
             "{e}"
         );
         let e = from_toml("SystemdCgroup = yes").unwrap_err();
-        assert!(
-            e.to_string().contains("line 1: expected true or false"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("line 1: expected true or false"), "{e}");
         let e = from_toml("BinaryName = \"crun").unwrap_err();
         assert!(e.to_string().contains("unterminated string"), "{e}");
         assert!(matches!(
@@ -329,10 +314,7 @@ mod tests {
     #[test]
     fn start_stdin_forms() {
         // empty
-        assert_eq!(
-            from_start_stdin(b"", "id", "ns").unwrap(),
-            StartInput::default()
-        );
+        assert_eq!(from_start_stdin(b"", "id", "ns").unwrap(), StartInput::default());
         // legacy Any
         let a = any(RUNC_OPTIONS, &runc_opts());
         let s = from_start_stdin(&a.write_to_bytes().unwrap(), "id", "ns").unwrap();
@@ -344,11 +326,7 @@ mod tests {
         b.namespace = "ns".into();
         b.socket_dir = Some("/run/s".into());
         let mut other = Extension::new();
-        other.value = Some(any(
-            "containerd.io/cri.v1.PodSandboxConfig",
-            &RuncOptions::new(),
-        ))
-        .into();
+        other.value = Some(any("containerd.io/cri.v1.PodSandboxConfig", &RuncOptions::new())).into();
         let mut ext = Extension::new();
         ext.value = Some(a.clone()).into();
         b.extensions = vec![other, ext];
@@ -359,12 +337,7 @@ mod tests {
         // runtimeoptions TOML Any
         let mut r = RuntimeOptions::new();
         r.config_body = b"BinaryName = \"crun\"".to_vec();
-        let s = from_start_stdin(
-            &any(RUNTIME_OPTIONS, &r).write_to_bytes().unwrap(),
-            "id",
-            "ns",
-        )
-        .unwrap();
+        let s = from_start_stdin(&any(RUNTIME_OPTIONS, &r).write_to_bytes().unwrap(), "id", "ns").unwrap();
         assert_eq!(s.options.binary_name, "crun");
         // garbage
         let e = from_start_stdin(b"\xff\xff\xff", "id", "ns").unwrap_err();
@@ -386,8 +359,7 @@ mod tests {
             serde_json::to_string(&o).unwrap(),
             r#"{"binary_name":"crun","systemd_cgroup":true}"#
         );
-        let back: Options =
-            serde_json::from_str(r#"{"binary_name":"crun","task_api_version":2}"#).unwrap();
+        let back: Options = serde_json::from_str(r#"{"binary_name":"crun","task_api_version":2}"#).unwrap();
         assert_eq!(back.binary_name, "crun");
     }
 }

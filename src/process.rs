@@ -14,6 +14,8 @@ pub enum State {
     Created,
     Starting,
     Running,
+    Pausing,
+    Paused,
     Stopped,
     Deleting,
     Deleted,
@@ -39,9 +41,13 @@ pub struct Process {
     /// None for the container's init.
     pub exec_id: Option<String>,
     pub stdio: StdioPaths,
+    /// An exec's runtime-spec Process (JSON), as given to `runc exec --process`.
+    pub spec: Vec<u8>,
     inner: Mutex<Inner>,
     exited: Condvar,
     pub io: Mutex<Option<ProcessIo>>,
+    /// CloseIO arrived; read and written under the `io` lock, so a CloseIO racing the start is kept.
+    stdin_closed: std::sync::atomic::AtomicBool,
 }
 
 fn state_name(s: State) -> &'static str {
@@ -49,6 +55,8 @@ fn state_name(s: State) -> &'static str {
         State::Created => "created",
         State::Starting => "starting",
         State::Running => "running",
+        State::Pausing => "pausing",
+        State::Paused => "paused",
         State::Stopped => "stopped",
         State::Deleting => "deleting",
         State::Deleted => "deleted",
@@ -57,10 +65,15 @@ fn state_name(s: State) -> &'static str {
 
 impl Process {
     pub fn new(container_id: &str, exec_id: Option<&str>, stdio: StdioPaths) -> Process {
+        Process::with_spec(container_id, exec_id, stdio, Vec::new())
+    }
+
+    pub fn with_spec(container_id: &str, exec_id: Option<&str>, stdio: StdioPaths, spec: Vec<u8>) -> Process {
         Process {
             container_id: container_id.to_string(),
             exec_id: exec_id.map(str::to_string),
             stdio,
+            spec,
             inner: Mutex::new(Inner {
                 state: State::Created,
                 pid: 0,
@@ -69,6 +82,7 @@ impl Process {
             }),
             exited: Condvar::new(),
             io: Mutex::new(None),
+            stdin_closed: Default::default(),
         }
     }
 
@@ -106,6 +120,8 @@ impl Process {
         match self.state() {
             State::Created | State::Starting => Status::CREATED,
             State::Running => Status::RUNNING,
+            State::Pausing => Status::PAUSING,
+            State::Paused => Status::PAUSED,
             State::Stopped | State::Deleting | State::Deleted => Status::STOPPED,
         }
     }
@@ -119,6 +135,24 @@ impl Process {
             ))
         } else {
             Error::FailedPrecondition(format!("cannot {op} a {} process", state_name(s)))
+        }
+    }
+
+    /// Installs the process's IO once runc has created it, honouring a CloseIO that came first.
+    pub fn set_io(&self, io: ProcessIo) {
+        let mut g = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stdin_closed.load(std::sync::atomic::Ordering::SeqCst) {
+            io.close_stdin();
+        }
+        *g = Some(io);
+    }
+
+    /// CloseIO: the client will write no more; the container sees EOF once the client's writer is closed.
+    pub fn close_stdin(&self) {
+        let g = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        self.stdin_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(io) = g.as_ref() {
+            io.close_stdin();
         }
     }
 
@@ -146,7 +180,7 @@ impl Process {
     pub fn set_exited(&self, status: u32) -> bool {
         let mut g = self.lock();
         match g.state {
-            State::Created | State::Starting | State::Running => {
+            State::Created | State::Starting | State::Running | State::Pausing | State::Paused => {
                 g.state = State::Stopped;
                 g.exit = Some(ExitInfo {
                     status,
@@ -184,6 +218,39 @@ impl Process {
         } else {
             g.state = g.before_delete;
         }
+    }
+
+    /// Running -> Pausing (while `runc pause` runs).
+    pub fn begin_pause(&self) -> Result<()> {
+        self.transition("pause", State::Running, State::Pausing)
+    }
+
+    /// Pausing -> Paused, or back to Running when the pause failed.
+    pub fn end_pause(&self, ok: bool) {
+        let mut g = self.lock();
+        if g.state == State::Pausing {
+            g.state = if ok { State::Paused } else { State::Running };
+        }
+    }
+
+    /// Paused -> Running once `runc resume` succeeded.
+    pub fn resume_checked(&self, resume: impl FnOnce() -> Result<()>) -> Result<()> {
+        let mut g = self.lock();
+        if g.state != State::Paused {
+            return Err(self.refuse("resume", g.state));
+        }
+        resume()?;
+        g.state = State::Running;
+        Ok(())
+    }
+
+    fn transition(&self, op: &str, from: State, to: State) -> Result<()> {
+        let mut g = self.lock();
+        if g.state != from {
+            return Err(self.refuse(op, g.state));
+        }
+        g.state = to;
+        Ok(())
     }
 
     /// Whether the process can still be signalled.
@@ -228,17 +295,11 @@ mod tests {
         assert_eq!(p.status(), Status::CREATED);
         p.begin_start().unwrap();
         assert!(matches!(p.begin_start(), Err(Error::FailedPrecondition(_))));
-        assert!(matches!(
-            p.begin_delete(),
-            Err(Error::FailedPrecondition(_))
-        ));
+        assert!(matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))));
         p.end_start(true);
         assert_eq!(p.status(), Status::RUNNING);
         let e = p.begin_delete().unwrap_err();
-        assert_eq!(
-            e,
-            Error::FailedPrecondition("cannot delete a running process".into())
-        );
+        assert_eq!(e, Error::FailedPrecondition("cannot delete a running process".into()));
         assert!(p.set_exited(3));
         assert!(!p.set_exited(4), "an exit is recorded once");
         assert_eq!(p.exit().unwrap().status, 3);
@@ -251,6 +312,34 @@ mod tests {
         assert!(matches!(p.begin_delete(), Err(Error::NotFound(_))));
         assert!(matches!(p.check_kill(), Err(Error::NotFound(_))));
         assert_eq!(p.status(), Status::STOPPED);
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        let p = p();
+        assert!(
+            matches!(p.begin_pause(), Err(Error::FailedPrecondition(_))),
+            "created cannot pause"
+        );
+        p.begin_start().unwrap();
+        p.end_start(true);
+        p.begin_pause().unwrap();
+        assert_eq!(p.status(), Status::PAUSING);
+        assert!(matches!(p.begin_pause(), Err(Error::FailedPrecondition(_))));
+        p.end_pause(true);
+        assert_eq!(p.status(), Status::PAUSED);
+        assert!(
+            matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))),
+            "paused cannot be deleted"
+        );
+        assert!(p.resume_checked(|| Err(Error::Other("runc failed".into()))).is_err());
+        assert_eq!(p.status(), Status::PAUSED, "a failed resume keeps it paused");
+        p.resume_checked(|| Ok(())).unwrap();
+        assert_eq!(p.status(), Status::RUNNING);
+        assert!(matches!(p.resume_checked(|| Ok(())), Err(Error::FailedPrecondition(_))));
+        p.begin_pause().unwrap();
+        p.end_pause(true);
+        assert!(p.set_exited(137), "a paused process can still exit (SIGKILL)");
     }
 
     #[test]

@@ -150,11 +150,7 @@ mod tests {
         let three = spawn(Command::new("sh").args(["-c", "exit 3"])).unwrap();
         assert_eq!(three.wait(), 3);
         let sleeper = spawn(Command::new("sleep").arg("60")).unwrap();
-        nix::sys::signal::kill(
-            Pid::from_raw(sleeper.pid() as i32),
-            nix::sys::signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(Pid::from_raw(sleeper.pid() as i32), nix::sys::signal::SIGKILL).unwrap();
         assert_eq!(sleeper.wait(), 137);
         // Not spawned through the reaper: a grandchild-style exit goes to the monitor.
         #[allow(clippy::zombie_processes)] // the reap loop collects it, never Child::wait

@@ -33,13 +33,7 @@ pub struct CreateOpts<'a> {
 }
 
 impl Runc {
-    pub fn new(
-        binary: &str,
-        root: &str,
-        namespace: &str,
-        bundle: &Path,
-        systemd_cgroup: bool,
-    ) -> Runc {
+    pub fn new(binary: &str, root: &str, namespace: &str, bundle: &Path, systemd_cgroup: bool) -> Runc {
         let binary = if binary.is_empty() { "runc" } else { binary };
         let root = if root.is_empty() { DEFAULT_ROOT } else { root };
         Runc {
@@ -76,11 +70,7 @@ impl Runc {
     /// Runs a command, capturing its stdout (returned) and stderr (for the error).
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>> {
         let mut cmd = self.command(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
         if let (Some(data), Some(mut w)) = (stdin, sp.child.stdin.take()) {
@@ -97,15 +87,9 @@ impl Runc {
 
     fn spawn_error(&self, verb: &str, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::FailedPrecondition(format!(
-                "runtime binary {:?} not found (running {verb})",
-                self.binary
-            ))
+            Error::FailedPrecondition(format!("runtime binary {:?} not found (running {verb})", self.binary))
         } else {
-            Error::Other(format!(
-                "{} {verb}: starting {:?}: {e}",
-                self.binary, self.binary
-            ))
+            Error::Other(format!("{} {verb}: starting {:?}: {e}", self.binary, self.binary))
         }
     }
 
@@ -169,6 +153,45 @@ impl Runc {
         Ok(())
     }
 
+    /// `runc exec --detach`: the process spec is read from `process` (a JSON file).
+    pub fn exec(&self, id: &str, process: &Path, pid_file: &Path, stdio: [Stdio; 3]) -> Result<()> {
+        let process = process.to_string_lossy();
+        let pid_file = pid_file.to_string_lossy();
+        let args = ["exec", "--process", &process, "--detach", "--pid-file", &pid_file, id];
+        let mut cmd = self.command(&args);
+        let [i, out, err] = stdio;
+        cmd.stdin(i).stdout(out).stderr(err);
+        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error("exec", e))?;
+        drop(cmd);
+        let status = sp.wait();
+        if status != 0 {
+            return Err(self.failure("exec", status, b""));
+        }
+        Ok(())
+    }
+
+    /// `runc ps --format json`: the pids in the container.
+    pub fn ps(&self, id: &str) -> Result<Vec<u32>> {
+        let out = self.run(&["ps", "--format", "json", id], None)?;
+        serde_json::from_slice::<Option<Vec<u32>>>(&out)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                Error::Other(format!(
+                    "{} ps: parsing {:?}: {e}",
+                    self.binary,
+                    String::from_utf8_lossy(&out)
+                ))
+            })
+    }
+
+    pub fn pause(&self, id: &str) -> Result<()> {
+        self.run(&["pause", id], None).map(drop)
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        self.run(&["resume", id], None).map(drop)
+    }
+
     pub fn start(&self, id: &str) -> Result<()> {
         self.run(&["start", id], None).map(drop)
     }
@@ -194,10 +217,7 @@ impl Runc {
 }
 
 /// Reads a child's stdout and stderr to EOF together (poll), so neither pipe can fill up and block it.
-fn read_both(
-    out: Option<std::process::ChildStdout>,
-    err: Option<std::process::ChildStderr>,
-) -> (Vec<u8>, Vec<u8>) {
+fn read_both(out: Option<std::process::ChildStdout>, err: Option<std::process::ChildStderr>) -> (Vec<u8>, Vec<u8>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut bufs = (Vec::new(), Vec::new());
     let mut srcs: Vec<(Box<dyn Read>, i32, bool)> = Vec::new();
@@ -216,15 +236,9 @@ fn read_both(
                 .iter()
                 .map(|(_, fd, _)| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) })
                 .collect();
-            let mut fds: Vec<PollFd> = borrowed
-                .iter()
-                .map(|b| PollFd::new(*b, PollFlags::POLLIN))
-                .collect();
+            let mut fds: Vec<PollFd> = borrowed.iter().map(|b| PollFd::new(*b, PollFlags::POLLIN)).collect();
             match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => fds
-                    .iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                    .collect(),
+                Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break,
             }
@@ -236,8 +250,7 @@ fn read_both(
                 match r.read(&mut chunk) {
                     Ok(0) | Err(_) => false,
                     Ok(n) => {
-                        if *is_out { &mut bufs.0 } else { &mut bufs.1 }
-                            .extend_from_slice(&chunk[..n]);
+                        if *is_out { &mut bufs.0 } else { &mut bufs.1 }.extend_from_slice(&chunk[..n]);
                         true
                     }
                 }
@@ -257,8 +270,7 @@ pub fn last_log_error(log: &Path) -> Option<String> {
     let text = fs::read_to_string(log).ok()?;
     text.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v.get("level")?.as_str()? == "error")
-            .then(|| v.get("msg")?.as_str().map(str::to_string))?
+        (v.get("level")?.as_str()? == "error").then(|| v.get("msg")?.as_str().map(str::to_string))?
     })
 }
 
@@ -273,10 +285,7 @@ mod tests {
         assert_eq!(r.root, "/run/containerd/runc/default");
         assert_eq!(r.log, Path::new("/b/log.json"));
         let r = Runc::new("/usr/bin/crun", "/x/", "k8s.io", Path::new("/b"), true);
-        assert_eq!(
-            (r.binary.as_str(), r.root.as_str()),
-            ("/usr/bin/crun", "/x/k8s.io")
-        );
+        assert_eq!((r.binary.as_str(), r.root.as_str()), ("/usr/bin/crun", "/x/k8s.io"));
     }
 
     #[test]

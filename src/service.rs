@@ -13,12 +13,15 @@ use protobuf::well_known_types::empty::Empty;
 use crate::container::{validate_id, Container};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
-use crate::process::Process;
+use crate::process::{Process, State};
 use crate::protos::events::task as ev;
+use crate::protos::shim::oci::ProcessDetails;
 use crate::protos::shim::shim::*;
 use crate::protos::shim::shim_ttrpc::Task;
+use crate::protos::shim::task::{ProcessInfo, Status};
 use crate::reaper::{self, Exit};
 use crate::stdio::relay::Relay;
+use crate::stdio::StdioPaths;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,12 +65,7 @@ impl Drop for Subscription<'_> {
 
 impl Service {
     /// Creates the service and its exit handler, which takes every container exit from the reaper.
-    pub fn start(
-        namespace: &str,
-        events: Publisher,
-        relay: Relay,
-        shutdown: Sender<()>,
-    ) -> Arc<Service> {
+    pub fn start(namespace: &str, events: Publisher, relay: Relay, shutdown: Sender<()>) -> Arc<Service> {
         let svc = Arc::new(Service {
             namespace: namespace.to_string(),
             containers: Mutex::new(HashMap::new()),
@@ -104,13 +102,12 @@ impl Service {
 
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
         let c = self.container(id)?;
-        if !exec_id.is_empty() {
-            return Err(Error::NotFound(format!(
-                "exec {exec_id:?} of container {id:?} not found"
-            )));
-        }
-        let init = c.init.clone();
-        Ok((c, init))
+        let p = if exec_id.is_empty() {
+            c.init.clone()
+        } else {
+            c.exec(exec_id)?
+        };
+        Ok((c, p))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -189,8 +186,7 @@ impl Service {
             let mut l = lock(&self.lifecycle);
             if l.running_execs.get(&p.container_id).copied().unwrap_or(0) > 0 {
                 // Init's exit is published after its execs' exits.
-                l.pending_init
-                    .insert(p.container_id.clone(), (p.clone(), status));
+                l.pending_init.insert(p.container_id.clone(), (p.clone(), status));
                 return;
             }
         }
@@ -213,19 +209,7 @@ impl Service {
             );
         }
         if !p.is_init() {
-            let pending = {
-                let mut l = lock(&self.lifecycle);
-                let n = l.running_execs.entry(p.container_id.clone()).or_default();
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    l.pending_init.remove(&p.container_id)
-                } else {
-                    None
-                }
-            };
-            if let Some((init, status)) = pending {
-                self.handle_process_exit(&init, status);
-            }
+            self.exec_gone(&p.container_id);
         }
     }
 
@@ -246,10 +230,7 @@ impl Service {
     fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         validate_id("container id", &req.id)?;
         if lock(&self.containers).contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!(
-                "container {:?} already exists",
-                req.id
-            )));
+            return Err(Error::AlreadyExists(format!("container {:?} already exists", req.id)));
         }
         let sub = self.pre_start(None);
         let c = Arc::new(Container::create(&req, &self.namespace, &self.relay)?);
@@ -294,6 +275,9 @@ impl Service {
 
     fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
+        if !p.is_init() {
+            return self.start_exec(&c, &p);
+        }
         p.begin_start()?;
         let sub = self.pre_start(Some(&p));
         if let Err(e) = c.runc.start(&c.id) {
@@ -318,8 +302,201 @@ impl Service {
         })
     }
 
+    fn start_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<StartResponse> {
+        p.begin_start()?;
+        {
+            let mut l = lock(&self.lifecycle);
+            if l.init_exited.contains(&c.id) {
+                drop(l);
+                p.end_start(false);
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} init process is not running",
+                    c.id
+                )));
+            }
+            *l.running_execs.entry(c.id.clone()).or_default() += 1;
+        }
+        let sub = self.pre_start(None);
+        let pid = match c.start_exec(p, &self.relay) {
+            Ok(pid) => pid,
+            Err(e) => {
+                drop(sub);
+                p.end_start(false);
+                // Never ran: Wait returns, no exit event, and a held-back init exit may go now.
+                p.set_exited(255);
+                self.exec_gone(&c.id);
+                return Err(e);
+            }
+        };
+        p.end_start(true);
+        self.events.publish(
+            "/tasks/exec-started",
+            &ev::TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: p.id().to_string(),
+                pid,
+                ..Default::default()
+            },
+        );
+        self.handle_started(sub, p);
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// One exec less running; publishes init's exit if it was waiting for the last one.
+    fn exec_gone(&self, container_id: &str) {
+        let pending = {
+            let mut l = lock(&self.lifecycle);
+            let n = l.running_execs.entry(container_id.to_string()).or_default();
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                l.pending_init.remove(container_id)
+            } else {
+                None
+            }
+        };
+        if let Some((init, status)) = pending {
+            self.handle_process_exit(&init, status);
+        }
+    }
+
+    fn do_exec(&self, req: ExecProcessRequest) -> Result<Empty> {
+        let c = self.container(&req.id)?;
+        validate_id("exec id", &req.exec_id)?;
+        match c.init.state() {
+            State::Created | State::Running => {}
+            s => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot exec in a container whose init is {s:?}"
+                )))
+            }
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec without a process spec".into()))?;
+        let mut process: serde_json::Value = serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::InvalidArgument(format!("exec process spec is not valid JSON: {e}")))?;
+        process
+            .as_object_mut()
+            .ok_or_else(|| Error::InvalidArgument("exec process spec is not a JSON object".into()))?
+            .insert("terminal".into(), req.terminal.into());
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
+        let spec = serde_json::to_vec(&process).unwrap_or_default();
+        let p = Arc::new(Process::with_spec(&c.id, Some(&req.exec_id), stdio, spec));
+        {
+            let mut execs = lock(&c.execs);
+            if execs.contains_key(&req.exec_id) {
+                return Err(Error::AlreadyExists(format!(
+                    "exec {:?} of container {:?} already exists",
+                    req.exec_id, c.id
+                )));
+            }
+            execs.insert(req.exec_id.clone(), p);
+        }
+        self.events.publish(
+            "/tasks/exec-added",
+            &ev::TaskExecAdded {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    fn delete_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<DeleteResponse> {
+        p.begin_delete()?;
+        if let Some(io) = lock(&p.io).take() {
+            if !io.wait_drained(DRAIN_TIMEOUT) {
+                log::warn!(
+                    "exec {} of {}: output not drained after {DRAIN_TIMEOUT:?}; closing it",
+                    p.id(),
+                    c.id
+                );
+            }
+            io.close();
+        }
+        let _ = std::fs::remove_file(c.bundle.join(format!("{}.pid", p.id())));
+        lock(&c.execs).remove(p.id());
+        p.end_delete(true);
+        let (status, at) = p.exit().map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
+        Ok(DeleteResponse {
+            pid: p.pid(),
+            exit_status: status,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
+        let c = self.container(&req.id)?;
+        let pids = c.runc.ps(&c.id)?;
+        let execs: HashMap<u32, String> = lock(&c.execs).values().map(|p| (p.pid(), p.id().to_string())).collect();
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = ProcessInfo {
+                    pid,
+                    ..Default::default()
+                };
+                if let Some(exec_id) = execs.get(&pid) {
+                    let details = ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    info.info = Some(crate::events::to_any(&details)).into();
+                }
+                info
+            })
+            .collect();
+        Ok(PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    fn do_pause(&self, req: PauseRequest) -> Result<Empty> {
+        let c = self.container(&req.id)?;
+        c.init.begin_pause()?;
+        let r = c.runc.pause(&c.id);
+        c.init.end_pause(r.is_ok());
+        r?;
+        self.events.publish(
+            "/tasks/paused",
+            &ev::TaskPaused {
+                container_id: c.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    fn do_resume(&self, req: ResumeRequest) -> Result<Empty> {
+        let c = self.container(&req.id)?;
+        c.init.resume_checked(|| c.runc.resume(&c.id))?;
+        self.events.publish(
+            "/tasks/resumed",
+            &ev::TaskResumed {
+                container_id: c.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
     fn do_delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
+        if !p.is_init() {
+            return self.delete_exec(&c, &p);
+        }
         p.begin_delete()?;
         let never_ran = p.exit().is_none();
         let io = lock(&p.io).take();
@@ -362,9 +539,7 @@ impl Service {
         }
         p.end_delete(true);
         let exit = p.exit();
-        let (status, at) = exit
-            .map(|e| (e.status, e.at))
-            .unwrap_or((0, SystemTime::now()));
+        let (status, at) = exit.map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
         self.events.publish(
             "/tasks/delete",
             &ev::TaskDelete {
@@ -387,18 +562,43 @@ impl Service {
     fn do_kill(&self, req: KillRequest) -> Result<Empty> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
         p.check_kill()?;
-        c.runc.kill(&c.id, req.signal, req.all)?;
-        Ok(Empty::new())
+        if p.is_init() {
+            c.runc.kill(&c.id, req.signal, req.all)?;
+            return Ok(Empty::new());
+        }
+        // An exec is signalled directly; `all` does not apply to it.
+        match p.state() {
+            State::Created | State::Starting => Err(Error::FailedPrecondition(format!(
+                "exec {} has not been started",
+                p.id()
+            ))),
+            State::Stopped | State::Deleting | State::Deleted => {
+                Err(Error::NotFound(format!("exec {} has already finished", p.id())))
+            }
+            _ => {
+                let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
+                    .map_err(|_| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+                match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig) {
+                    Ok(()) => Ok(Empty::new()),
+                    Err(nix::Error::ESRCH) => Err(Error::NotFound(format!("exec {} has already finished", p.id()))),
+                    Err(e) => Err(Error::Other(format!("signalling exec {}: {e}", p.id()))),
+                }
+            }
+        }
     }
 
     fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
         let exit = p.exit();
+        let mut status = p.status();
+        if !p.is_init() && status == Status::RUNNING && matches!(c.init.status(), Status::PAUSED | Status::PAUSING) {
+            status = c.init.status();
+        }
         Ok(StateResponse {
             id: p.id().to_string(),
             bundle: c.bundle.to_string_lossy().into_owned(),
             pid: p.pid(),
-            status: p.status().into(),
+            status: status.into(),
             stdin: p.stdio.stdin.clone(),
             stdout: p.stdio.stdout.clone(),
             stderr: p.stdio.stderr.clone(),
@@ -421,10 +621,7 @@ impl Service {
     }
 
     fn do_connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
-        let task_pid = lock(&self.containers)
-            .get(&req.id)
-            .map(|c| c.init.pid())
-            .unwrap_or(0);
+        let task_pid = lock(&self.containers).get(&req.id).map(|c| c.init.pid()).unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -442,9 +639,7 @@ impl Service {
 
     fn do_close_io(&self, req: CloseIORequest) -> Result<Empty> {
         let (_, p) = self.process(&req.id, &req.exec_id)?;
-        if let Some(io) = lock(&p.io).as_ref() {
-            io.close_stdin();
-        }
+        p.close_stdin();
         Ok(Empty::new())
     }
 }
@@ -475,11 +670,7 @@ impl Task for Service {
             e.into()
         })
     }
-    fn create(
-        &self,
-        _: &ttrpc::TtrpcContext,
-        r: CreateTaskRequest,
-    ) -> ttrpc::Result<CreateTaskResponse> {
+    fn create(&self, _: &ttrpc::TtrpcContext, r: CreateTaskRequest) -> ttrpc::Result<CreateTaskResponse> {
         let id = r.id.clone();
         log_result("Create", &id, self.do_create(r))
     }
@@ -491,20 +682,19 @@ impl Task for Service {
         let id = r.id.clone();
         log_result("Delete", &id, self.do_delete(r))
     }
-    fn pids(&self, _: &ttrpc::TtrpcContext, _: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        unimplemented("Pids")
+    fn pids(&self, _: &ttrpc::TtrpcContext, r: PidsRequest) -> ttrpc::Result<PidsResponse> {
+        let id = r.id.clone();
+        log_result("Pids", &id, self.do_pids(r))
     }
-    fn pause(&self, _: &ttrpc::TtrpcContext, _: PauseRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Pause")
+    fn pause(&self, _: &ttrpc::TtrpcContext, r: PauseRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("Pause", &id, self.do_pause(r))
     }
-    fn resume(&self, _: &ttrpc::TtrpcContext, _: ResumeRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Resume")
+    fn resume(&self, _: &ttrpc::TtrpcContext, r: ResumeRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("Resume", &id, self.do_resume(r))
     }
-    fn checkpoint(
-        &self,
-        _: &ttrpc::TtrpcContext,
-        _: CheckpointTaskRequest,
-    ) -> ttrpc::Result<Empty> {
+    fn checkpoint(&self, _: &ttrpc::TtrpcContext, _: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
         unimplemented("Checkpoint")
     }
     fn kill(&self, _: &ttrpc::TtrpcContext, r: KillRequest) -> ttrpc::Result<Empty> {
@@ -514,8 +704,9 @@ impl Task for Service {
             e.into()
         })
     }
-    fn exec(&self, _: &ttrpc::TtrpcContext, _: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Exec")
+    fn exec(&self, _: &ttrpc::TtrpcContext, r: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("Exec", &id, self.do_exec(r))
     }
     fn resize_pty(&self, _: &ttrpc::TtrpcContext, _: ResizePtyRequest) -> ttrpc::Result<Empty> {
         unimplemented("ResizePty")
@@ -534,11 +725,7 @@ impl Task for Service {
     fn stats(&self, _: &ttrpc::TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
         unimplemented("Stats")
     }
-    fn connect(
-        &self,
-        _: &ttrpc::TtrpcContext,
-        r: ConnectRequest,
-    ) -> ttrpc::Result<ConnectResponse> {
+    fn connect(&self, _: &ttrpc::TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         let id = r.id.clone();
         log_result("Connect", &id, self.do_connect(r))
     }

@@ -5,61 +5,9 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+use common::events::{wait_child, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME, SHIM_BIN};
 use sha2::{Digest, Sha256};
-
-/// Waits for a background ctr, killing it (and failing) after `timeout`.
-fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("background ctr did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `ctr events` in the background; `stop` ends it and returns what it printed.
-struct Events {
-    child: std::process::Child,
-    reader: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Events {
-    fn start(c: &Containerd) -> Events {
-        let mut child = c.spawn_ctr(&["events"]);
-        let mut out = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut s);
-            s
-        });
-        Events {
-            child,
-            reader: Some(reader),
-        }
-    }
-
-    fn stop(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reader
-            .take()
-            .map(|r| r.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
 
 fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
@@ -87,16 +35,7 @@ fn echo_hello_and_nothing_left() {
     }
     let c = Containerd::start();
     let id = unique_id("hello");
-    let out = c.ctr_ok(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "echo",
-        "hello",
-    ]);
+    let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "echo", "hello"]);
     assert_eq!(out, "hello\n");
     assert_clean(&c);
 }
@@ -129,16 +68,7 @@ fn stderr_is_separate_and_exit_codes_pass_through() {
 
     // ctr exits with 137 when the container is killed with SIGKILL.
     let id = unique_id("killed");
-    let mut run = c.spawn_ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    let mut run = c.spawn_ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !c
         .ctr_ok(&["task", "ls"])
@@ -150,12 +80,7 @@ fn stderr_is_separate_and_exit_codes_pass_through() {
     }
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
     let status = wait_child(&mut run, Duration::from_secs(30));
-    assert_eq!(
-        status.code(),
-        Some(137),
-        "{status:?} signal {:?}",
-        status.signal()
-    );
+    assert_eq!(status.code(), Some(137), "{status:?} signal {:?}", status.signal());
     assert_clean(&c);
 }
 
@@ -174,10 +99,7 @@ fn stdin_round_trips_and_eof_ends_cat() {
         x ^= x << 17;
         *b = x as u8;
     }
-    let o = c.ctr_stdin(
-        &["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "cat"],
-        &input,
-    );
+    let o = c.ctr_stdin(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "cat"], &input);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(o.stdout.len(), input.len());
     assert!(o.stdout == input, "stdin came back altered");
@@ -193,22 +115,8 @@ fn large_stdout_arrives_complete() {
     let id = unique_id("big");
     // The container hashes what it writes and reports the hash on stderr.
     let script = "head -c 67108864 /dev/urandom > /tmp/d && sha256sum /tmp/d >&2 && cat /tmp/d";
-    let o = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "sh",
-        "-c",
-        script,
-    ]);
-    assert!(
-        o.status.success(),
-        "{:?}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", script]);
+    assert!(o.status.success(), "{:?}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.stdout.len(), 64 << 20);
     let want = String::from_utf8_lossy(&o.stderr)
         .split_whitespace()
@@ -226,26 +134,14 @@ fn detached_task_lifecycle_leaves_nothing() {
     }
     let c = Containerd::start();
     let id = unique_id("detached");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
     let ls = c.ctr_ok(&["task", "ls"]);
     let line = ls
         .lines()
         .find(|l| l.starts_with(&id))
         .unwrap_or_else(|| panic!("task missing: {ls}"));
     assert!(line.contains("RUNNING"), "{line}");
-    assert!(
-        !c.leftovers().is_empty(),
-        "leftovers() must see a running shim"
-    );
+    assert!(!c.leftovers().is_empty(), "leftovers() must see a running shim");
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !c
@@ -312,12 +208,7 @@ fn events_are_published_in_order() {
         .collect();
     assert_eq!(
         topics,
-        [
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete"
-        ],
+        ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"],
         "events:\n{text}"
     );
     assert_clean(&c);
@@ -348,21 +239,10 @@ fn failing_runc_gives_clear_errors_and_leaves_nothing() {
     let c = Containerd::start();
     // The process in the spec does not exist: runc create fails, and says why.
     let id = unique_id("noexec");
-    let o = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "/no/such/binary",
-    ]);
+    let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "/no/such/binary"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("/no/such/binary") && err.contains("no such file"),
-        "{err}"
-    );
+    assert!(err.contains("/no/such/binary") && err.contains("no such file"), "{err}");
     let _ = c.ctr(&["containers", "rm", &id]);
 
     // A malformed spec given with --config.
@@ -400,10 +280,7 @@ fn failing_runc_gives_clear_errors_and_leaves_nothing() {
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("runtime binary \"/no/such/runc\" not found"),
-        "{err}"
-    );
+    assert!(err.contains("runtime binary \"/no/such/runc\" not found"), "{err}");
     let _ = c.ctr(&["containers", "rm", &id]);
     assert_clean(&c);
 }
@@ -462,18 +339,13 @@ fn find_pid(f: impl Fn(&[&[u8]]) -> bool) -> Option<u32> {
 fn shim_pid(id: &str) -> Option<u32> {
     find_pid(|args| {
         args[0].ends_with(b"containerd-shim-rustrunc-v2")
-            && args
-                .windows(2)
-                .any(|w| w[0] == b"-id" && w[1] == id.as_bytes())
+            && args.windows(2).any(|w| w[0] == b"-id" && w[1] == id.as_bytes())
             && !args.contains(&&b"start"[..])
     })
 }
 
 fn read_trim(p: impl AsRef<std::path::Path>) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    std::fs::read_to_string(p).unwrap_or_default().trim().to_string()
 }
 
 #[test]
@@ -484,16 +356,7 @@ fn daemon_socket_permissions_oom_score_and_fds() {
     }
     let c = Containerd::start();
     let id = unique_id("daemon");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
     let bundle = c
         .dir
         .join("state/io.containerd.runtime.v2.task")
@@ -510,10 +373,9 @@ fn daemon_socket_permissions_oom_score_and_fds() {
     let pid = shim_pid(&id).expect("shim process");
     // `start` writes containerd's score + 1: containerd is the parent of `start`.
     let dir = c.dir.to_string_lossy().to_string();
-    let containerd_pid = find_pid(|args| {
-        args[0].ends_with(b"containerd") && args.iter().any(|a| a.starts_with(dir.as_bytes()))
-    })
-    .expect("containerd process");
+    let containerd_pid =
+        find_pid(|args| args[0].ends_with(b"containerd") && args.iter().any(|a| a.starts_with(dir.as_bytes())))
+            .expect("containerd process");
     let containerd_score: i32 = read_trim(format!("/proc/{containerd_pid}/oom_score_adj"))
         .parse()
         .unwrap();
@@ -551,10 +413,7 @@ fn daemon_socket_permissions_oom_score_and_fds() {
     }
     c.ctr_ok(&["task", "rm", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
-    assert!(
-        !std::path::Path::new(socket).exists(),
-        "socket {socket} not removed"
-    );
+    assert!(!std::path::Path::new(socket).exists(), "socket {socket} not removed");
     assert_clean(&c);
 }
 
@@ -565,16 +424,7 @@ fn sigterm_stops_the_shim_and_containerd_cleans_up() {
     }
     let c = Containerd::start();
     let id = unique_id("sigterm");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
     let pid = shim_pid(&id).expect("shim process");
     let bundle = c
         .dir
@@ -592,21 +442,11 @@ fn sigterm_stops_the_shim_and_containerd_cleans_up() {
         assert!(Instant::now() < deadline, "shim ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        !std::path::Path::new(&socket).exists(),
-        "socket left after SIGTERM"
-    );
+    assert!(!std::path::Path::new(&socket).exists(), "socket left after SIGTERM");
     // containerd notices the disconnect and runs `shim delete`, which kills and removes the container.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while c
-        .ctr_ok(&["task", "ls"])
-        .lines()
-        .any(|l| l.starts_with(&id))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "task still listed after the shim died"
-        );
+    while c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id)) {
+        assert!(Instant::now() < deadline, "task still listed after the shim died");
         std::thread::sleep(Duration::from_millis(100));
     }
     c.ctr_ok(&["containers", "rm", &id]);
@@ -637,12 +477,7 @@ fn delete_action_is_idempotent_and_prints_a_delete_response() {
             .unwrap();
         assert!(o.status.success(), "{o:?}");
         // DeleteResponse{pid=1: 4242, exit_status=2: 137, exited_at=3: {...}}, raw protobuf.
-        assert_eq!(
-            &o.stdout[..6],
-            &[0x08, 0x92, 0x21, 0x10, 0x89, 0x01],
-            "{:?}",
-            o.stdout
-        );
+        assert_eq!(&o.stdout[..6], &[0x08, 0x92, 0x21, 0x10, 0x89, 0x01], "{:?}", o.stdout);
         assert_eq!(o.stdout[6], 0x1a, "exited_at present");
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -106,24 +106,19 @@ fn open_output(uri: &str) -> Result<(OwnedFd, Option<OwnedFd>)> {
     match target(uri)? {
         Target::Fifo(p) => {
             // Reader first: it never blocks, and with it present the writer opens without blocking.
-            let held = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| {
-                Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display()))
-            })?;
-            let w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0).map_err(|e| {
-                Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display()))
-            })?;
+            let held = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+                .map_err(|e| Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display())))?;
+            let w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0)
+                .map_err(|e| Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display())))?;
             Ok((w, Some(held)))
         }
         Target::File(p) => {
             if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::InvalidArgument(format!("creating {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::InvalidArgument(format!("creating {}: {e}", dir.display())))?;
             }
-            let f =
-                open(p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644).map_err(|e| {
-                    Error::InvalidArgument(format!("opening log file {}: {e}", p.display()))
-                })?;
+            let f = open(p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, 0o644)
+                .map_err(|e| Error::InvalidArgument(format!("opening log file {}: {e}", p.display())))?;
             Ok((f, None))
         }
     }
@@ -156,9 +151,7 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
                 )))
             }
         };
-        let err = |e: std::io::Error| {
-            Error::InvalidArgument(format!("opening stdin fifo {}: {e}", p.display()))
-        };
+        let err = |e: std::io::Error| Error::InvalidArgument(format!("opening stdin fifo {}: {e}", p.display()));
         let fifo_r = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(err)?;
         // Held so the relay never sees EOF when a client detaches; CloseIO drops it.
         let fifo_w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0).map_err(err)?;
@@ -173,10 +166,7 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
         });
         pending.stdin_writer = Some(fifo_w);
     }
-    for (uri, slot) in [
-        (&paths.stdout, &mut child.stdout),
-        (&paths.stderr, &mut child.stderr),
-    ] {
+    for (uri, slot) in [(&paths.stdout, &mut child.stdout), (&paths.stderr, &mut child.stderr)] {
         if uri.is_empty() {
             continue;
         }
@@ -225,10 +215,7 @@ impl ProcessIo {
     /// CloseIO: drop the shim's writer on the stdin fifo; the container sees EOF once the client's
     /// writer is closed too.
     pub fn close_stdin(&self) {
-        self.stdin_writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.stdin_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Waits until every output stream reached EOF and was flushed to its destination.

@@ -71,11 +71,7 @@ impl Relay {
     }
 
     fn send(&self, c: Cmd) {
-        self.0
-            .cmds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(c);
+        self.0.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         let _ = self.0.wake.write(1);
     }
 }
@@ -214,10 +210,7 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
         } else {
             (a.s.src.as_fd(), EpollFlags::EPOLLIN)
         };
-        if let Err(e) = sh
-            .epoll
-            .add(fd, EpollEvent::new(flags, token(id, want_dst)))
-        {
+        if let Err(e) = sh.epoll.add(fd, EpollEvent::new(flags, token(id, want_dst))) {
             log::warn!("io relay: epoll add: {e}");
             finish_unregistered(a);
             return;
@@ -227,11 +220,7 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
 }
 
 fn deregister(sh: &Shared, a: &Active) {
-    let fd = if a.on_dst {
-        a.s.dst.as_fd()
-    } else {
-        a.s.src.as_fd()
-    };
+    let fd = if a.on_dst { a.s.dst.as_fd() } else { a.s.src.as_fd() };
     let _ = sh.epoll.delete(fd);
 }
 
