@@ -1,0 +1,644 @@
+//! Integration-test harness: a private containerd per test, driven with `ctr`.
+//!
+//! ```ignore
+//! mod common;
+//! use common::{Containerd, IMAGE, RUNTIME};
+//!
+//! #[test]
+//! fn lifecycle() {
+//!     if common::skip_if_unsupported() { return; }
+//!     let c = Containerd::start();
+//!     let id = common::unique_id("life");
+//!     let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "echo", "hi"]);
+//!     assert_eq!(out, "hi\n");
+//!     assert_eq!(c.leftovers(), Vec::<String>::new());
+//! }
+//! ```
+//!
+//! Each `Containerd` has its own temp dir (root, state, socket, log) and its
+//! own namespace, so tests can run in parallel threads and processes and
+//! `leftovers()` only reports what belongs to this instance. Dropping it
+//! tears everything down, also when the test panicked.
+//!
+//! Only std is used; external tools: containerd, ctr, runc, kill, umount,
+//! and bash + test-fixtures/build-image.sh to make the image.
+#![allow(dead_code)] // each test file uses a different part of the API
+
+pub mod events;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The busybox image imported into every containerd (built by
+/// test-fixtures/build-image.sh).
+pub const IMAGE: &str = "docker.io/library/rustrunc-busybox:latest";
+/// Runtime type that makes containerd run our shim binary,
+/// `containerd-shim-rustrunc-v2`, found via the PATH we give containerd.
+pub const RUNTIME: &str = "io.containerd.rustrunc.v2";
+/// The shim under test (cargo builds it before integration tests).
+pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+/// PATH for containerd after the shim's directory; explicit rather than
+/// inherited so runc/crun resolve to the system ones (/usr/sbin/runc).
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where the shims' sockets live: containerd 1.6+ hard-codes it
+/// (`/run/containerd/s/<sha256(address/ns/id)>`), whatever `state` says.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// A ctr command that takes longer than this is hung: kill it and fail.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Shorter bound for each ctr call made during cleanup.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// `prefix-<pid>-<n>`: unique among concurrently running tests (threads and
+/// processes), and a valid container id.
+pub fn unique_id(prefix: &str) -> String {
+    format!(
+        "{}-{}-{}",
+        prefix,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// `["--runtime", RUNTIME]`, to splice into `ctr run` arguments.
+pub fn runtime_args() -> [&'static str; 2] {
+    ["--runtime", RUNTIME]
+}
+
+/// Tests need root and containerd. Returns true (after printing
+/// "skipped: <reason>") when the calling test should just return.
+pub fn skip_if_unsupported() -> bool {
+    let reason = if !is_root() {
+        Some("not running as root".to_string())
+    } else {
+        [CONTAINERD, CTR, "/bin/busybox"]
+            .iter()
+            .find(|p| !Path::new(p).exists())
+            .map(|p| format!("{p} is missing (run scripts/install-deps.sh)"))
+    };
+    match reason {
+        Some(r) => {
+            println!("skipped: {r}");
+            eprintln!("skipped: {r}");
+            true
+        }
+        None => false,
+    }
+}
+
+fn is_root() -> bool {
+    // std has no geteuid(); /proc/self/status says "Uid: real effective ...".
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Builds the image tar once per test process. Concurrent processes may
+/// build at the same time; build-image.sh renames atomically and the output
+/// is deterministic, so they all end up with the same file.
+fn image_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rustrunc-busybox.oci.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-fixtures/build-image.sh");
+        let o = Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .arg(IMAGE)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            o.status.success(),
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+/// Runs `cmd` with an optional stdin, collecting its output; kills it and
+/// returns Err if it has not exited within `timeout`. Pipes are drained by
+/// threads so a chatty child cannot block on a full pipe.
+fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        // Writing from a thread: the child may not read all of it before it
+        // writes output; closing stdin at the end signals EOF.
+        thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let out_rx = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err_rx = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{cmd:?} did not finish within {timeout:?}; killed it"));
+            }
+            Err(e) => return Err(format!("wait {cmd:?}: {e}")),
+        }
+    };
+    // A grandchild could hold the pipes open; don't wait for it forever.
+    let grace = Duration::from_secs(5);
+    Ok(Output {
+        status,
+        stdout: out_rx.recv_timeout(grace).unwrap_or_default(),
+        stderr: err_rx.recv_timeout(grace).unwrap_or_default(),
+    })
+}
+
+pub struct Containerd {
+    /// Temp dir holding config, root, state, socket and containerd.log.
+    pub dir: PathBuf,
+    /// gRPC socket path (`ctr --address`).
+    pub address: String,
+    /// Namespace used for every ctr call; unique per instance so runc state
+    /// (/run/containerd/runc/<ns>) and cgroups (/<ns>/<id>) are ours alone.
+    pub namespace: String,
+    child: Child,
+    started: SystemTime,
+}
+
+impl Containerd {
+    /// Starts a private containerd and imports IMAGE into its namespace.
+    pub fn start() -> Containerd {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // Short: the socket path must stay under the 108-byte sun_path limit.
+        let dir = PathBuf::from(format!("/tmp/rr-{}-{}", std::process::id(), n));
+        if dir.exists() {
+            cleanup_dir(&dir); // stale, from an earlier process with our pid
+        }
+        fs::create_dir_all(&dir).expect("create containerd temp dir");
+        let address = dir.join("c.sock").to_string_lossy().into_owned();
+        let template_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-fixtures/containerd-config.toml.in");
+        let template =
+            fs::read_to_string(&template_path).unwrap_or_else(|e| panic!("read {}: {e}", template_path.display()));
+        let config = template
+            .replace("@ROOT@", &dir.join("root").to_string_lossy())
+            .replace("@STATE@", &dir.join("state").to_string_lossy())
+            .replace("@ADDRESS@", &address);
+        let config_path = dir.join("config.toml");
+        fs::write(&config_path, config).expect("write containerd config");
+
+        let log = fs::File::create(dir.join("containerd.log")).expect("create containerd.log");
+        let shim_dir = Path::new(SHIM_BIN).parent().expect("shim binary has a directory");
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(&config_path)
+            .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {CONTAINERD}: {e}"));
+        // From here on a panic drops `c`, which cleans up.
+        let mut c = Containerd {
+            dir,
+            address,
+            namespace: format!("rustrunc-test-{}-{}", std::process::id(), n),
+            child,
+            started: SystemTime::now(),
+        };
+        c.wait_ready();
+        c.ctr_ok(&["images", "import", &image_tar().to_string_lossy()]);
+        c
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
+            }
+            let mut cmd = Command::new(CTR);
+            cmd.args(["--address", &self.address, "version"]);
+            if matches!(run_with_timeout(cmd, None, Duration::from_secs(5)), Ok(o) if o.status.success()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "containerd not ready after {START_TIMEOUT:?}; log:\n{}",
+                    self.log_tail(50)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last `n` lines of containerd.log (shim logs end up there too).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(CTR);
+        cmd.args(["--address", &self.address, "-n", &self.namespace]).args(args);
+        cmd
+    }
+
+    fn try_ctr(&self, args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
+        run_with_timeout(self.ctr_cmd(args), input, timeout)
+    }
+
+    /// `ctr --address <sock> -n <ns> <args>`; panics if it hangs for 60 s.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.try_ctr(args, None, CTR_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}\ncontainerd.log tail:\n{}", self.log_tail(40)))
+    }
+
+    /// Like `ctr`, feeding `input` on stdin (then EOF).
+    pub fn ctr_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        self.try_ctr(args, Some(input), CTR_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}\ncontainerd.log tail:\n{}", self.log_tail(40)))
+    }
+
+    /// Runs ctr, asserts it succeeded, returns its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        self.check_ok(args, &o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Panics with everything useful when `o` is a failure of `ctr args`.
+    pub fn check_ok(&self, args: &[&str], o: &Output) {
+        if !o.status.success() {
+            panic!(
+                "ctr {:?} failed ({})\n--- stdout:\n{}\n--- stderr:\n{}\n--- containerd.log tail:\n{}",
+                args,
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                self.log_tail(40)
+            );
+        }
+    }
+
+    /// Starts ctr in the background (e.g. `ctr events`) with stdout and
+    /// stderr piped and stdin null. The caller owns it: kill and wait it.
+    /// (It also ends by itself when containerd stops.)
+    pub fn spawn_ctr(&self, args: &[&str]) -> Child {
+        self.ctr_cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ctr {args:?}: {e}"))
+    }
+
+    /// Task or container ids listed by `ctr <what> ls -q` (empty on error).
+    fn list(&self, what: &str) -> Vec<String> {
+        match self.try_ctr(&[what, "ls", "-q"], None, CLEANUP_TIMEOUT) {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        // The shim's default runc root is /run/containerd/runc/<namespace>.
+        Path::new("/run/containerd/runc").join(&self.namespace)
+    }
+
+    /// Everything this containerd's containers left behind; [] after a clean
+    /// lifecycle. Shims exit asynchronously after `task delete`, so this
+    /// retries for up to 3 s before reporting.
+    pub fn leftovers(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let found = self.leftovers_now();
+            if found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn leftovers_now(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for id in self.list("tasks") {
+            found.push(format!("task {id} still exists"));
+        }
+        for id in self.list("containers") {
+            found.push(format!("container {id} still exists"));
+        }
+        for pid in shim_pids(&self.address, &self.dir) {
+            found.push(format!("shim process {pid}: {}", cmdline(pid)));
+        }
+        for m in mounts_under(&self.dir) {
+            found.push(format!("mount {m}"));
+        }
+        for e in dir_entries(&self.runc_root()) {
+            found.push(format!("runc state {}", e.display()));
+        }
+        let bundles = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace);
+        for e in dir_entries(&bundles) {
+            found.push(format!("bundle dir {}", e.display()));
+        }
+        for cg in ns_cgroup_dirs(&self.namespace) {
+            for e in dir_entries(&cg).into_iter().filter(|e| e.is_dir()) {
+                found.push(format!("cgroup {}", e.display()));
+            }
+        }
+        for s in stale_shim_sockets(self.started) {
+            found.push(format!("shim socket without listener {}", s.display()));
+        }
+        found
+    }
+
+    /// Best-effort teardown; every step is bounded and nothing panics.
+    fn cleanup(&mut self) {
+        // 1. Tasks and containers, through containerd while it is up.
+        //    `task rm -f` SIGKILLs and waits for the exit itself.
+        if let Ok(None) = self.child.try_wait() {
+            for id in self.list("tasks") {
+                let _ = self.try_ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &id], None, CLEANUP_TIMEOUT);
+                let _ = self.try_ctr(&["tasks", "rm", "-f", &id], None, CLEANUP_TIMEOUT);
+            }
+            for id in self.list("containers") {
+                let _ = self.try_ctr(&["containers", "rm", &id], None, CLEANUP_TIMEOUT);
+            }
+        }
+        // 2. containerd: SIGTERM, SIGKILL after 10 s.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // 3. Shims outlive containerd by design; kill ours.
+        let shims = shim_pids(&self.address, &self.dir);
+        for pid in &shims {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !shim_pids(&self.address, &self.dir).is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        // 4. Containers orphaned by a dead shim: runc deletes state, kills
+        //    and removes cgroups; then kill whatever is still in our cgroups.
+        let root = self.runc_root();
+        for e in dir_entries(&root) {
+            if let Some(id) = e.file_name().and_then(|s| s.to_str()) {
+                let mut cmd = Command::new("runc");
+                cmd.arg("--root").arg(&root).args(["delete", "-f", id]);
+                let _ = run_with_timeout(cmd, None, CLEANUP_TIMEOUT);
+            }
+            let _ = fs::remove_dir_all(&e);
+        }
+        let _ = fs::remove_dir(&root);
+        for cg in ns_cgroup_dirs(&self.namespace) {
+            remove_cgroup_tree(&cg);
+        }
+        // 5. Mounts and the temp dir.
+        cleanup_dir(&self.dir);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Drop also runs while a failed test unwinds; a second panic would
+        // abort the test binary, so cleanup() never panics.
+        self.cleanup();
+    }
+}
+
+/// Unmounts (lazily, deepest first) everything under `dir`, then removes it.
+fn cleanup_dir(dir: &Path) {
+    for m in mounts_under(dir) {
+        let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
+    }
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if dir.exists() {
+            eprintln!("harness: could not remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Mount points at or under `dir` per /proc/self/mountinfo, deepest first.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    let prefix = format!("{dir}/");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|m| *m == *dir || m.starts_with(&prefix))
+        .collect();
+    mounts.reverse(); // later mounts may sit on top of earlier ones
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count())); // stable
+    mounts.dedup();
+    mounts
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn cmdline(pid: u32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string()
+}
+
+/// Live (non-zombie) shim processes of the containerd at `address`: argv
+/// contains "containerd-shim" and either argv has `-address <address>`,
+/// the environment has it (TTRPC_ADDRESS=<address>.ttrpc), or the cwd is
+/// in our temp dir (shims run in their bundle dir).
+fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let ttrpc = format!("{address}.ttrpc");
+    let mut pids = Vec::new();
+    for e in dir_entries(Path::new("/proc")) {
+        let Some(pid) = e
+            .file_name()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let argv = fs::read(e.join("cmdline")).unwrap_or_default();
+        if !contains(&argv, b"containerd-shim") {
+            continue; // zombies have an empty cmdline and are skipped here too
+        }
+        let env = fs::read(e.join("environ")).unwrap_or_default();
+        let ours = argv.split(|&c| c == 0).any(|a| a == address.as_bytes())
+            || env
+                .split(|&c| c == 0)
+                .any(|kv| kv.ends_with(address.as_bytes()) || kv.ends_with(ttrpc.as_bytes()))
+            || fs::read_link(e.join("cwd"))
+                .map(|cwd| cwd.starts_with(dir))
+                .unwrap_or(false);
+        if ours && !is_zombie(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn is_zombie(pid: u32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces/parens.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+        .unwrap_or(true)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `/sys/fs/cgroup/<ns>` (cgroup v2) and `/sys/fs/cgroup/<controller>/<ns>`
+/// (v1): where runc puts containers whose cgroupsPath is `/<ns>/<id>`, as
+/// ctr sets it.
+fn ns_cgroup_dirs(ns: &str) -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    let mut v = vec![base.join(ns)];
+    v.extend(dir_entries(base).into_iter().map(|c| c.join(ns)));
+    v.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// Kills every process in a cgroup tree, then removes it bottom-up.
+fn remove_cgroup_tree(cg: &Path) {
+    for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
+        remove_cgroup_tree(&child);
+    }
+    for _ in 0..50 {
+        let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<&str> = procs.split_whitespace().collect();
+        if pids.is_empty() || fs::remove_dir(cg).is_ok() {
+            break;
+        }
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir(cg);
+}
+
+/// Sockets in /run/containerd/s created since `since` that nothing listens
+/// on. The dir is shared by every containerd on the host, so only recent
+/// ones are considered, and a socket must be dead on two looks 300 ms apart
+/// (a shim that is just exiting removes its socket a moment later).
+fn stale_shim_sockets(since: SystemTime) -> Vec<PathBuf> {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+        - 1;
+    let candidates = || -> Vec<PathBuf> {
+        let listening = listening_unix_sockets();
+        dir_entries(Path::new(SHIM_SOCKET_DIR))
+            .into_iter()
+            .filter(|p| {
+                fs::symlink_metadata(p)
+                    .map(|m| m.file_type().is_socket() && m.ctime() >= since)
+                    .unwrap_or(false)
+            })
+            .filter(|p| !listening.iter().any(|l| l == p.as_os_str().as_bytes()))
+            .collect()
+    };
+    let first = candidates();
+    if first.is_empty() {
+        return first;
+    }
+    thread::sleep(Duration::from_millis(300));
+    candidates().into_iter().filter(|p| first.contains(p)).collect()
+}
+
+/// Paths of listening unix sockets (flag __SO_ACCEPTCON) in /proc/net/unix.
+fn listening_unix_sockets() -> Vec<Vec<u8>> {
+    let table = fs::read("/proc/net/unix").unwrap_or_default();
+    table
+        .split(|&c| c == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&[u8]> = line.split(|&c| c == b' ').filter(|c| !c.is_empty()).collect();
+            (cols.len() >= 8 && cols[3] == b"00010000").then(|| cols[7].to_vec())
+        })
+        .collect()
+}
