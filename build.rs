@@ -20,10 +20,7 @@ const MODULES: &[(&str, &[&str])] = &[
             "protos/services/ttrpc/events/v1/events.proto",
         ],
     ),
-    (
-        "events",
-        &["protos/types/mount.proto", "protos/events/task.proto"],
-    ),
+    ("events", &["protos/types/mount.proto", "protos/events/task.proto"]),
 ];
 
 fn main() {
@@ -65,10 +62,7 @@ fn write_module(root: &std::path::Path, name: &str, dir: &std::path::Path) {
             .collect();
         std::fs::write(&f, kept.join("\n")).unwrap();
         let stem = f.file_stem().unwrap().to_str().unwrap();
-        wrapper += &format!(
-            "pub mod {stem} {{ include!({:?}); }}\n",
-            f.display().to_string()
-        );
+        wrapper += &format!("pub mod {stem} {{ include!({:?}); }}\n", f.display().to_string());
     }
     std::fs::write(root.join(format!("{name}.rs")), wrapper).unwrap();
 }
