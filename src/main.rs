@@ -7,6 +7,7 @@ mod container;
 mod daemon;
 mod error;
 mod events;
+mod info;
 mod logger;
 mod mount;
 mod options;
@@ -41,8 +42,15 @@ fn main() {
         return;
     }
     if flags.info {
-        eprintln!("-info is not implemented by this shim yet");
-        std::process::exit(1);
+        let mut stdin = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin);
+        match info::runtime_info(&stdin) {
+            Ok(bytes) => return bootstrap::print(&bytes),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
     }
     let result = match flags.action {
         Action::Start => bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes())),
