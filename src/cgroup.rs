@@ -54,3 +54,107 @@ pub fn add_process(path: &str, pid: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where a process's cgroup lives, resolved once after `runc create` (the pid is gone after exit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cgroup {
+    /// cgroup v2: the one directory under /sys/fs/cgroup.
+    V2(PathBuf),
+    /// cgroup v1: one directory per controller (controller name -> directory). Named hierarchies
+    /// (`name=systemd`) are left out.
+    V1(std::collections::BTreeMap<String, PathBuf>),
+}
+
+impl Cgroup {
+    /// The cgroup of `pid` on this host.
+    pub fn of_pid(pid: u32) -> Result<Cgroup> {
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map_err(|e| Error::NotFound(format!("reading the cgroup of pid {pid}: {e}")))?;
+        Ok(Cgroup::parse(&text, is_unified(), &v1_mounts()))
+    }
+
+    /// Parses /proc/<pid>/cgroup. `mounts` maps each v1 controller to its hierarchy's mount point.
+    pub fn parse(proc_cgroup: &str, unified: bool, mounts: &[(String, PathBuf)]) -> Cgroup {
+        if unified {
+            let path = proc_cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or("/")
+                .trim_start_matches('/');
+            return Cgroup::V2(PathBuf::from(CGROUP_ROOT).join(path));
+        }
+        let mut dirs = std::collections::BTreeMap::new();
+        for line in proc_cgroup.lines() {
+            let mut f = line.splitn(3, ':');
+            let (_, controllers, path) = match (f.next(), f.next(), f.next()) {
+                (Some(a), Some(b), Some(c)) => (a, b, c),
+                _ => continue,
+            };
+            for ctl in controllers.split(',').filter(|c| !c.is_empty() && !c.starts_with("name=")) {
+                if let Some((_, mnt)) = mounts.iter().find(|(c, _)| c == ctl) {
+                    dirs.insert(ctl.to_string(), mnt.join(path.trim_start_matches('/')));
+                }
+            }
+        }
+        Cgroup::V1(dirs)
+    }
+
+    /// The directory of a v1 controller, or the v2 directory.
+    pub fn dir(&self, controller: &str) -> Option<&std::path::Path> {
+        match self {
+            Cgroup::V2(p) => Some(p),
+            Cgroup::V1(m) => m.get(controller).map(PathBuf::as_path),
+        }
+    }
+}
+
+/// v1 controller -> mount point of its hierarchy, from /proc/self/mountinfo (super options list the
+/// controllers: `rw,memory`, `rw,cpu,cpuacct`).
+fn v1_mounts() -> Vec<(String, PathBuf)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else { continue };
+        let mut post = post.split(' ');
+        if post.next() != Some("cgroup") {
+            continue;
+        }
+        let (Some(mnt), Some(opts)) = (pre.split(' ').nth(4), post.nth(1)) else { continue };
+        for o in opts.split(',') {
+            if !matches!(o, "rw" | "ro") && !o.starts_with("name=") && !o.contains('=') {
+                out.push((o.to_string(), PathBuf::from(mnt)));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_v1_and_v2() {
+        let v1 = "12:memory:/default/c1\n4:cpu,cpuacct:/default/c1\n1:name=systemd:/x\n0::/\n";
+        let mounts = vec![
+            ("memory".to_string(), PathBuf::from("/sys/fs/cgroup/memory")),
+            ("cpu".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")),
+            ("cpuacct".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")),
+        ];
+        let cg = Cgroup::parse(v1, false, &mounts);
+        assert_eq!(cg.dir("memory"), Some(std::path::Path::new("/sys/fs/cgroup/memory/default/c1")));
+        assert_eq!(cg.dir("cpuacct"), Some(std::path::Path::new("/sys/fs/cgroup/cpu,cpuacct/default/c1")));
+        assert_eq!(cg.dir("pids"), None);
+        let cg = Cgroup::parse("0::/kubepods/pod1/c1\n", true, &[]);
+        assert_eq!(cg, Cgroup::V2(PathBuf::from("/sys/fs/cgroup/kubepods/pod1/c1")));
+        assert_eq!(cg.dir("memory"), Some(std::path::Path::new("/sys/fs/cgroup/kubepods/pod1/c1")));
+    }
+
+    #[test]
+    fn this_host() {
+        let cg = Cgroup::of_pid(std::process::id()).unwrap();
+        if !is_unified() {
+            assert!(cg.dir("memory").is_some_and(|d| d.is_dir()), "{cg:?}");
+        }
+    }
+}

@@ -22,6 +22,8 @@ pub struct Container {
     pub mounts: Vec<Mount>,
     pub io_uid: u32,
     pub io_gid: u32,
+    /// The init's cgroup, resolved right after create (stats, OOM).
+    pub cgroup: Option<crate::cgroup::Cgroup>,
     /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
     pub kill_all_on_exit: bool,
 }
@@ -193,6 +195,7 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             mounts,
             io_uid: opts.io_uid,
+            cgroup: crate::cgroup::Cgroup::of_pid(pid).ok(),
             io_gid: opts.io_gid,
         })
     }
