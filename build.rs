@@ -21,6 +21,15 @@ const MODULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("events", &["protos/types/mount.proto", "protos/events/task.proto"]),
+    // Stats metrics: both files are metrics.proto, so each gets a module of its own.
+    (
+        "cgroups_v1",
+        &["protos/github.com/containerd/cgroups/stats/v1/metrics.proto"],
+    ),
+    (
+        "cgroups_v2",
+        &["protos/github.com/containerd/cgroups/cgroup2/stats/metrics.proto"],
+    ),
 ];
 
 fn main() {

@@ -90,7 +90,10 @@ impl Cgroup {
                 (Some(a), Some(b), Some(c)) => (a, b, c),
                 _ => continue,
             };
-            for ctl in controllers.split(',').filter(|c| !c.is_empty() && !c.starts_with("name=")) {
+            for ctl in controllers
+                .split(',')
+                .filter(|c| !c.is_empty() && !c.starts_with("name="))
+            {
                 if let Some((_, mnt)) = mounts.iter().find(|(c, _)| c == ctl) {
                     dirs.insert(ctl.to_string(), mnt.join(path.trim_start_matches('/')));
                 }
@@ -114,12 +117,16 @@ fn v1_mounts() -> Vec<(String, PathBuf)> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
     for l in text.lines() {
-        let Some((pre, post)) = l.split_once(" - ") else { continue };
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
+        };
         let mut post = post.split(' ');
         if post.next() != Some("cgroup") {
             continue;
         }
-        let (Some(mnt), Some(opts)) = (pre.split(' ').nth(4), post.nth(1)) else { continue };
+        let (Some(mnt), Some(opts)) = (pre.split(' ').nth(4), post.nth(1)) else {
+            continue;
+        };
         for o in opts.split(',') {
             if !matches!(o, "rw" | "ro") && !o.starts_with("name=") && !o.contains('=') {
                 out.push((o.to_string(), PathBuf::from(mnt)));
@@ -142,12 +149,21 @@ mod tests {
             ("cpuacct".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")),
         ];
         let cg = Cgroup::parse(v1, false, &mounts);
-        assert_eq!(cg.dir("memory"), Some(std::path::Path::new("/sys/fs/cgroup/memory/default/c1")));
-        assert_eq!(cg.dir("cpuacct"), Some(std::path::Path::new("/sys/fs/cgroup/cpu,cpuacct/default/c1")));
+        assert_eq!(
+            cg.dir("memory"),
+            Some(std::path::Path::new("/sys/fs/cgroup/memory/default/c1"))
+        );
+        assert_eq!(
+            cg.dir("cpuacct"),
+            Some(std::path::Path::new("/sys/fs/cgroup/cpu,cpuacct/default/c1"))
+        );
         assert_eq!(cg.dir("pids"), None);
         let cg = Cgroup::parse("0::/kubepods/pod1/c1\n", true, &[]);
         assert_eq!(cg, Cgroup::V2(PathBuf::from("/sys/fs/cgroup/kubepods/pod1/c1")));
-        assert_eq!(cg.dir("memory"), Some(std::path::Path::new("/sys/fs/cgroup/kubepods/pod1/c1")));
+        assert_eq!(
+            cg.dir("memory"),
+            Some(std::path::Path::new("/sys/fs/cgroup/kubepods/pod1/c1"))
+        );
     }
 
     #[test]

@@ -161,31 +161,33 @@ impl Container {
             }
         };
         let pid_file = bundle.join("init.pid");
+        let console = pending.console_socket().map(Path::to_path_buf);
         let created = runc.create(
             id,
             &CreateOpts {
                 bundle: &bundle,
                 pid_file: &pid_file,
-                console_socket: None,
+                console_socket: console.as_deref(),
                 no_pivot: opts.no_pivot_root,
                 no_new_keyring: opts.no_new_keyring,
             },
             child.into_stdio(),
         );
-        let pid = created.and_then(|()| read_pid(&pid_file));
-        let pid = match pid {
-            Ok(p) => p,
+        let started = created
+            .and_then(|()| read_pid(&pid_file))
+            .and_then(|pid| Ok((pid, pending.start(relay)?)));
+        let (pid, io) = match started {
+            Ok(x) => x,
             Err(e) => {
                 // runc may have got as far as leaving state (and a runc init) behind.
                 let _ = runc.delete(id, true);
-                drop(pending);
                 undo_mounts();
                 return Err(e);
             }
         };
         let init = Arc::new(Process::new(id, None, paths));
         init.set_pid(pid);
-        init.set_io(pending.start(relay));
+        init.set_io(io);
         Ok(Container {
             id: id.to_string(),
             kill_all_on_exit: !has_private_pid_ns(&bundle),
@@ -216,14 +218,19 @@ impl Container {
         let spec = self.bundle.join(format!(".exec-{exec_id}.json"));
         write_atomic(&spec, &p.spec).ctx(|| "writing the exec process spec")?;
         let pid_file = self.bundle.join(format!("{exec_id}.pid"));
+        let console = pending.console_socket().map(Path::to_path_buf);
         let r = self
             .runc
-            .exec(&self.id, &spec, &pid_file, child.into_stdio())
+            .exec(&self.id, &spec, &pid_file, console.as_deref(), child.into_stdio())
             .and_then(|()| read_pid(&pid_file));
         let _ = fs::remove_file(&spec);
         let pid = r?;
+        let io = pending.start(relay).inspect_err(|_| {
+            // Running without its IO is useless to the client: stop it.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        })?;
         p.set_pid(pid);
-        p.set_io(pending.start(relay));
+        p.set_io(io);
         Ok(pid)
     }
 

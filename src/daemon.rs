@@ -53,7 +53,7 @@ pub fn run(flags: &Flags) -> Result<()> {
     let relay = Relay::start().ctx(|| "starting the io thread")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
-    let service = Service::start(&flags.namespace, events, relay, shutdown_tx);
+    let service = Service::start(&flags.namespace, events, relay, shutdown_tx).ctx(|| "starting the task service")?;
 
     let mut server = ttrpc::Server::new()
         .add_listener(listener)

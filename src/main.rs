@@ -10,12 +10,14 @@ mod events;
 mod info;
 mod logger;
 mod mount;
+mod oom;
 mod options;
 mod process;
 mod protos;
 mod reaper;
 mod runc;
 mod service;
+mod stats;
 mod stdio;
 
 use cli::Action;

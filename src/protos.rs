@@ -17,3 +17,9 @@ pub mod shim {
 pub mod events {
     include!(concat!(env!("OUT_DIR"), "/events.rs"));
 }
+pub mod cgroups_v1 {
+    include!(concat!(env!("OUT_DIR"), "/cgroups_v1.rs"));
+}
+pub mod cgroups_v2 {
+    include!(concat!(env!("OUT_DIR"), "/cgroups_v2.rs"));
+}

@@ -154,10 +154,22 @@ impl Runc {
     }
 
     /// `runc exec --detach`: the process spec is read from `process` (a JSON file).
-    pub fn exec(&self, id: &str, process: &Path, pid_file: &Path, stdio: [Stdio; 3]) -> Result<()> {
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        console: Option<&Path>,
+        stdio: [Stdio; 3],
+    ) -> Result<()> {
         let process = process.to_string_lossy();
         let pid_file = pid_file.to_string_lossy();
-        let args = ["exec", "--process", &process, "--detach", "--pid-file", &pid_file, id];
+        let console = console.map(|c| c.to_string_lossy());
+        let mut args = vec!["exec", "--process", &process, "--detach", "--pid-file", &pid_file];
+        if let Some(c) = &console {
+            args.extend(["--console-socket", c]);
+        }
+        args.push(id);
         let mut cmd = self.command(&args);
         let [i, out, err] = stdio;
         cmd.stdin(i).stdout(out).stderr(err);

@@ -13,6 +13,7 @@ use protobuf::well_known_types::empty::Empty;
 use crate::container::{validate_id, Container};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
+use crate::oom::OomWatcher;
 use crate::process::{Process, State};
 use crate::protos::events::task as ev;
 use crate::protos::shim::oci::ProcessDetails;
@@ -42,7 +43,8 @@ pub struct Service {
     namespace: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     lifecycle: Mutex<Lifecycle>,
-    events: Publisher,
+    events: Arc<Publisher>,
+    oom: OomWatcher,
     relay: Relay,
     shutdown: Mutex<Sender<()>>,
 }
@@ -65,12 +67,30 @@ impl Drop for Subscription<'_> {
 
 impl Service {
     /// Creates the service and its exit handler, which takes every container exit from the reaper.
-    pub fn start(namespace: &str, events: Publisher, relay: Relay, shutdown: Sender<()>) -> Arc<Service> {
+    pub fn start(
+        namespace: &str,
+        events: Publisher,
+        relay: Relay,
+        shutdown: Sender<()>,
+    ) -> std::io::Result<Arc<Service>> {
+        let events = Arc::new(events);
+        let publisher = events.clone();
+        let oom = OomWatcher::start(Box::new(move |id: &str| {
+            log::info!("container {id}: OOM kill");
+            publisher.publish(
+                "/tasks/oom",
+                &ev::TaskOOM {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        }))?;
         let svc = Arc::new(Service {
             namespace: namespace.to_string(),
             containers: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(Lifecycle::default()),
             events,
+            oom,
             relay,
             shutdown: Mutex::new(shutdown),
         });
@@ -86,7 +106,7 @@ impl Service {
                 }
             })
             .expect("spawning the exit handler");
-        svc
+        Ok(svc)
     }
 
     pub fn events(&self) -> &Publisher {
@@ -194,6 +214,13 @@ impl Service {
     }
 
     fn handle_process_exit(&self, p: &Arc<Process>, status: u32) {
+        if p.is_init() {
+            // Reports an OOM kill not yet seen, so /tasks/oom precedes /tasks/exit.
+            self.oom.remove(&p.container_id);
+        }
+        if let Some(io) = lock(&p.io).as_ref() {
+            io.process_exited();
+        }
         if p.set_exited(status) {
             let exit = p.exit().expect("set above");
             self.events.publish(
@@ -235,6 +262,11 @@ impl Service {
         let sub = self.pre_start(None);
         let c = Arc::new(Container::create(&req, &self.namespace, &self.relay)?);
         let pid = c.init.pid();
+        if let Some(cg) = &c.cgroup {
+            if let Err(e) = self.oom.add(&c.id, cg) {
+                log::warn!("container {}: not watching for OOM kills: {e}", c.id);
+            }
+        }
         lock(&self.containers).insert(req.id.clone(), c.clone());
         log::info!("created container {} (pid {pid})", req.id);
         self.events.publish(
@@ -530,6 +562,7 @@ impl Service {
         if let Err(e) = c.unmount() {
             log::warn!("container {}: {e}", c.id);
         }
+        self.oom.remove(&c.id);
         lock(&self.containers).remove(&c.id);
         {
             let mut l = lock(&self.lifecycle);
@@ -637,6 +670,32 @@ impl Service {
         Ok(Empty::new())
     }
 
+    fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
+        let c = self.container(&req.id)?;
+        let cg = c
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(format!("container {} has no cgroup", c.id)))?;
+        Ok(StatsResponse {
+            stats: Some(crate::stats::metrics(cg)?).into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_resize_pty(&self, req: ResizePtyRequest) -> Result<Empty> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        if !p.is_init() && p.state() == State::Stopped {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot resize the terminal of stopped exec {}",
+                p.id()
+            )));
+        }
+        if let Some(io) = lock(&p.io).as_ref() {
+            io.resize(req.width, req.height)?;
+        }
+        Ok(Empty::new())
+    }
+
     fn do_close_io(&self, req: CloseIORequest) -> Result<Empty> {
         let (_, p) = self.process(&req.id, &req.exec_id)?;
         p.close_stdin();
@@ -708,8 +767,9 @@ impl Task for Service {
         let id = r.id.clone();
         log_result("Exec", &id, self.do_exec(r))
     }
-    fn resize_pty(&self, _: &ttrpc::TtrpcContext, _: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        unimplemented("ResizePty")
+    fn resize_pty(&self, _: &ttrpc::TtrpcContext, r: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("ResizePty", &id, self.do_resize_pty(r))
     }
     fn close_io(&self, _: &ttrpc::TtrpcContext, r: CloseIORequest) -> ttrpc::Result<Empty> {
         let id = r.id.clone();
@@ -722,8 +782,9 @@ impl Task for Service {
         let id = r.id.clone();
         log_result("Wait", &id, self.do_wait(r))
     }
-    fn stats(&self, _: &ttrpc::TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        unimplemented("Stats")
+    fn stats(&self, _: &ttrpc::TtrpcContext, r: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        let id = r.id.clone();
+        log_result("Stats", &id, self.do_stats(r))
     }
     fn connect(&self, _: &ttrpc::TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         let id = r.id.clone();

@@ -94,7 +94,7 @@ put_blob() {
 # --- layer: diff_id is the uncompressed tar's digest ----------------------
 dtar "$root" "$work/layer.tar" bin dev etc proc root sys tmp
 diff_id=$(sha "$work/layer.tar")
-gzip -n -9 "$work/layer.tar"
+gzip -n "$work/layer.tar"
 layer_size=$(size "$work/layer.tar.gz")
 layer=$(put_blob "$work/layer.tar.gz")
 

@@ -59,6 +59,29 @@ fn exec_output_exit_code_and_stdin() {
         assert!(o.status.success(), "{o:?}");
         assert_eq!(String::from_utf8_lossy(&o.stdout), input);
     }
+    // stdin that ends at once: ctr sends CloseIO right after the Exec RPC, before Start (the shim must
+    // keep it and apply it once the exec's IO exists, or cat never sees EOF).
+    let input = c.dir.join("exec-input");
+    std::fs::write(&input, "early eof\n").unwrap();
+    for i in 0..5 {
+        let out = std::process::Command::new("timeout")
+            .args(["-s", "KILL", "30", "ctr", "--address", &c.address, "-n", &c.namespace])
+            .args([
+                "task",
+                "exec",
+                "--fifo-dir",
+                &c.dir.join("fifo").to_string_lossy(),
+                "--exec-id",
+                &format!("early{i}"),
+                &id,
+                "cat",
+            ])
+            .stdin(std::fs::File::open(&input).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "exec with early stdin EOF: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "early eof\n");
+    }
     kill_and_remove(&c, &id);
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }

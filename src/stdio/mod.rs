@@ -2,6 +2,7 @@
 //! The container only ever sees the pipes. The shim holds a reader on each output fifo (no SIGPIPE when
 //! the client or containerd goes away) and a writer on the stdin fifo (reattach; CloseIO drops it).
 
+mod console;
 pub mod relay;
 
 use std::ffi::CString;
@@ -41,6 +42,31 @@ pub struct PendingIo {
     stdin: Option<Stream>,
     outputs: Vec<Stream>,
     stdin_writer: Option<OwnedFd>,
+    console: Option<PendingConsole>,
+}
+
+/// A terminal: runc sends the pty master over `socket`; the fifos are relayed to and from it.
+struct PendingConsole {
+    socket: console::ConsoleSocket,
+    stdin: Option<OwnedFd>,
+    stdout: Option<(OwnedFd, Option<OwnedFd>)>,
+}
+
+/// TIOCSWINSZ on a terminal.
+fn set_winsize(tty: &OwnedFd, width: u32, height: u32) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: height as u16,
+        ws_col: width as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(Error::Other(format!(
+            "resizing the terminal: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }
 
 /// Counts output streams still copying; Delete waits for zero.
@@ -56,6 +82,9 @@ pub struct ProcessIo {
     stdin_stream: Option<u64>,
     outputs: Vec<u64>,
     drain: Arc<Drain>,
+    /// The pty master (one owner; the relay streams hold dups). Taken when stdin ends: hangs up the tty.
+    console: Arc<Mutex<Option<OwnedFd>>>,
+    console_out: Option<u64>,
 }
 
 fn open(path: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
@@ -124,13 +153,22 @@ fn open_output(uri: &str) -> Result<(OwnedFd, Option<OwnedFd>)> {
     }
 }
 
-/// Opens the client side and makes the pipes. Nothing runs yet; dropping the results closes everything.
+/// Opens the stdin fifo: (read end for the relay, write end the shim holds so the relay never sees
+/// EOF when a client detaches; CloseIO drops it).
+fn open_stdin_fifo(uri: &str) -> Result<(OwnedFd, OwnedFd)> {
+    let p = match target(uri)? {
+        Target::Fifo(p) => p,
+        Target::File(_) => return Err(Error::InvalidArgument(format!("stdin {uri:?} must be a fifo"))),
+    };
+    let err = |e: std::io::Error| Error::InvalidArgument(format!("opening stdin fifo {}: {e}", p.display()));
+    let r = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(err)?;
+    let w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0).map_err(err)?;
+    Ok((r, w))
+}
+
+/// Opens the client side and makes the pipes (or, for a terminal, the console socket). Nothing runs
+/// yet; dropping the results closes everything.
 pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, PendingIo)> {
-    if paths.terminal {
-        return Err(Error::Unimplemented(
-            "terminal (TTY) io is not supported by this shim yet".into(),
-        ));
-    }
     let mut child = ChildStdio {
         stdin: None,
         stdout: None,
@@ -140,30 +178,31 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
         stdin: None,
         outputs: Vec::new(),
         stdin_writer: None,
+        console: None,
     };
-    if !paths.stdin.is_empty() {
-        let p = match target(&paths.stdin)? {
-            Target::Fifo(p) => p,
-            Target::File(_) => {
-                return Err(Error::InvalidArgument(format!(
-                    "stdin {:?} must be a fifo",
-                    paths.stdin
-                )))
-            }
+    if paths.terminal {
+        let mut c = PendingConsole {
+            socket: console::ConsoleSocket::new()?,
+            stdin: None,
+            stdout: None,
         };
-        let err = |e: std::io::Error| Error::InvalidArgument(format!("opening stdin fifo {}: {e}", p.display()));
-        let fifo_r = open(p, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(err)?;
-        // Held so the relay never sees EOF when a client detaches; CloseIO drops it.
-        let fifo_w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0).map_err(err)?;
+        if !paths.stdin.is_empty() {
+            let (r, w) = open_stdin_fifo(&paths.stdin)?;
+            c.stdin = Some(r);
+            pending.stdin_writer = Some(w);
+        }
+        if !paths.stdout.is_empty() {
+            c.stdout = Some(open_output(&paths.stdout)?);
+        }
+        pending.console = Some(c);
+        return Ok((child, pending));
+    }
+    if !paths.stdin.is_empty() {
+        let (fifo_r, fifo_w) = open_stdin_fifo(&paths.stdin)?;
         let (r, w) = pipe()?;
         chown(&r, uid, gid)?;
         child.stdin = Some(r);
-        pending.stdin = Some(Stream {
-            src: fifo_r,
-            dst: w,
-            hold: None,
-            on_done: None,
-        });
+        pending.stdin = Some(Stream::new(fifo_r, w));
         pending.stdin_writer = Some(fifo_w);
     }
     for (uri, slot) in [(&paths.stdout, &mut child.stdout), (&paths.stderr, &mut child.stderr)] {
@@ -175,21 +214,45 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
         chown(&w, uid, gid)?;
         *slot = Some(w);
         pending.outputs.push(Stream {
-            src: r,
-            dst,
             hold,
-            on_done: None,
+            ..Stream::new(r, dst)
         });
     }
     Ok((child, pending))
 }
 
 impl PendingIo {
-    pub fn start(self, relay: &Relay) -> ProcessIo {
+    /// The console socket to hand runc (`--console-socket`), for a terminal.
+    pub fn console_socket(&self) -> Option<&Path> {
+        self.console.as_ref().map(|c| c.socket.path())
+    }
+
+    /// Starts relaying; for a terminal, first receives the pty master runc sent.
+    pub fn start(self, relay: &Relay) -> Result<ProcessIo> {
         let drain = Arc::new(Drain::default());
-        *drain.left.lock().unwrap() = self.outputs.len();
-        let outputs = self
-            .outputs
+        let mut outputs = self.outputs;
+        let mut console = None;
+        let mut console_in = None;
+        if let Some(c) = self.console {
+            let master = c.socket.receive_master()?;
+            let (dst, hold) = match c.stdout {
+                Some(o) => o,
+                // Nobody reads the terminal: drain it anyway, or the process blocks once the tty buffer is full.
+                None => (open(Path::new("/dev/null"), libc::O_WRONLY, 0)?, None),
+            };
+            outputs.push(Stream {
+                hold,
+                console_src: true,
+                ..Stream::new(master.try_clone()?, dst)
+            });
+            if let Some(r) = c.stdin {
+                console_in = Some(Stream::new(r, master.try_clone()?));
+            }
+            console = Some(master);
+        }
+        *drain.left.lock().unwrap() = outputs.len();
+        let is_console = console.is_some();
+        let outputs: Vec<u64> = outputs
             .into_iter()
             .map(|mut s| {
                 let d = drain.clone();
@@ -201,13 +264,32 @@ impl PendingIo {
                 relay.add(s)
             })
             .collect();
-        ProcessIo {
+        let console = Arc::new(Mutex::new(console));
+        let console_out = is_console.then(|| *outputs.last().expect("console output stream"));
+        let stdin_stream = match (self.stdin, console_in) {
+            (Some(s), _) => Some(relay.add(s)),
+            (None, Some(mut s)) => {
+                // Stdin ended (CloseIO and the client closed): hang up the terminal, as the Go shim does.
+                let (r, c, out) = (relay.clone(), console.clone(), console_out);
+                s.on_done = Some(Box::new(move || {
+                    c.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(id) = out {
+                        r.finish(id);
+                    }
+                }));
+                Some(relay.add(s))
+            }
+            (None, None) => None,
+        };
+        Ok(ProcessIo {
             relay: relay.clone(),
             stdin_writer: Mutex::new(self.stdin_writer),
-            stdin_stream: self.stdin.map(|s| relay.add(s)),
+            stdin_stream,
             outputs,
             drain,
-        }
+            console,
+            console_out,
+        })
     }
 }
 
@@ -237,6 +319,20 @@ impl ProcessIo {
         true
     }
 
+    /// The process exited: a console has no EOF of its own, so drain what it holds and close it.
+    pub fn process_exited(&self) {
+        if let Some(id) = self.console_out {
+            self.relay.finish(id);
+        }
+    }
+
+    /// ResizePty: sets the terminal's window size (no terminal: nothing to do).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let g = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(master) = g.as_ref() else { return Ok(()) };
+        set_winsize(master, width, height)
+    }
+
     /// Closes everything still open (after the drain, or when it timed out).
     pub fn close(&self) {
         self.close_stdin();
@@ -246,5 +342,23 @@ impl ProcessIo {
         for id in &self.outputs {
             self.relay.cancel(*id);
         }
+        self.console.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn winsize_reaches_the_slave() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        set_winsize(&pty.master, 34, 12).unwrap();
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
+            0
+        );
+        assert_eq!((ws.ws_col, ws.ws_row), (34, 12));
     }
 }

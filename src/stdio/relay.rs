@@ -1,6 +1,11 @@
 //! One epoll thread moves the bytes of every stream of every process. A stream is a source fd and a
-//! destination fd, at least one of them a pipe (fifos are pipes), so bytes move with splice(2) and never
-//! through userspace. At EOF on the source the destination is closed: only then, so nothing is cut off.
+//! destination fd. Where one side is a pipe (fifos are pipes) bytes move with splice(2), never through
+//! userspace; where the kernel cannot splice (a tty on older kernels) the stream falls back to
+//! read/write through a small buffer. At EOF on the source the destination is closed: only then, so
+//! nothing is cut off.
+//!
+//! A console (pty master) source answers EIO while no slave fd is open. That is not EOF: the stream
+//! goes dormant until it is told to finish (the process exited), then drains what is left and closes.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -18,12 +23,27 @@ pub struct Stream {
     pub dst: OwnedFd,
     #[allow(dead_code)] // never read: it only has to stay open
     pub hold: Option<OwnedFd>,
+    /// The source is a pty master: EIO means "no slave now", not EOF.
+    pub console_src: bool,
     pub on_done: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Stream {
+    pub fn new(src: OwnedFd, dst: OwnedFd) -> Stream {
+        Stream {
+            src,
+            dst,
+            hold: None,
+            console_src: false,
+            on_done: None,
+        }
+    }
 }
 
 enum Cmd {
     Add(u64, Stream),
     Cancel(u64),
+    Finish(u64),
 }
 
 struct Shared {
@@ -38,6 +58,7 @@ pub struct Relay(Arc<Shared>);
 
 const WAKE: u64 = u64::MAX;
 const CHUNK: usize = 1 << 20;
+const COPY_BUF: usize = 32 << 10;
 
 impl Relay {
     pub fn start() -> std::io::Result<Relay> {
@@ -58,7 +79,7 @@ impl Relay {
         Ok(Relay(shared))
     }
 
-    /// Adds a stream; returns its id for [`Relay::cancel`].
+    /// Adds a stream; returns its id for [`Relay::cancel`] and [`Relay::finish`].
     pub fn add(&self, stream: Stream) -> u64 {
         let id = self.0.next.fetch_add(1, Ordering::Relaxed);
         self.send(Cmd::Add(id, stream));
@@ -70,16 +91,31 @@ impl Relay {
         self.send(Cmd::Cancel(id));
     }
 
+    /// Moves what the source holds now, then closes the stream: no more data is expected (the
+    /// process behind a console exited). Unknown or finished ids are ignored.
+    pub fn finish(&self, id: u64) {
+        self.send(Cmd::Finish(id));
+    }
+
     fn send(&self, c: Cmd) {
         self.0.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         let _ = self.0.wake.write(1);
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reg {
+    None,
+    Src,
+    Dst,
+}
+
 struct Active {
     s: Stream,
-    /// true while waiting for the destination to become writable (its buffer was full).
-    on_dst: bool,
+    reg: Reg,
+    finishing: bool,
+    /// Copy mode (splice unsupported): bytes read but not yet written.
+    copy: Option<Vec<u8>>,
 }
 
 fn set_nonblocking(fd: RawFd) {
@@ -100,12 +136,31 @@ fn readable_bytes(fd: RawFd) -> i32 {
 enum Pump {
     WaitSrc,
     WaitDst,
+    /// Console without a slave: stop watching until finish.
+    Dormant,
     Done,
+}
+
+/// What an error reading the source means.
+fn src_error(a: &Active, e: Errno) -> Pump {
+    match e {
+        Errno::EAGAIN if a.finishing => Pump::Done,
+        Errno::EAGAIN => Pump::WaitSrc,
+        Errno::EIO if a.s.console_src && !a.finishing => Pump::Dormant,
+        Errno::EIO if a.s.console_src => Pump::Done,
+        e => {
+            log::warn!("io relay: reading fd {}: {e}", a.s.src.as_raw_fd());
+            Pump::Done
+        }
+    }
 }
 
 fn pump(a: &mut Active) -> Pump {
     let (src, dst) = (a.s.src.as_raw_fd(), a.s.dst.as_raw_fd());
     loop {
+        if a.copy.is_some() {
+            return pump_copy(a);
+        }
         let n = unsafe {
             libc::splice(
                 src,
@@ -124,18 +179,53 @@ fn pump(a: &mut Active) -> Pump {
         }
         match Errno::last() {
             Errno::EINTR => continue,
-            Errno::EAGAIN => {
-                return if readable_bytes(src) > 0 {
-                    Pump::WaitDst
-                } else {
-                    Pump::WaitSrc
-                };
-            }
+            // splice cannot tell which side would block: bytes waiting in the source mean the destination is full.
+            Errno::EAGAIN if readable_bytes(src) > 0 => return Pump::WaitDst,
+            // Neither side is a pipe that splice supports (a tty on older kernels): copy instead.
+            Errno::EINVAL => a.copy = Some(Vec::with_capacity(COPY_BUF)),
             // The reader of the destination is gone (the container closed its stdin): nothing more to do.
             Errno::EPIPE => return Pump::Done,
+            e => return src_error(a, e),
+        }
+    }
+}
+
+fn pump_copy(a: &mut Active) -> Pump {
+    let (src, dst) = (a.s.src.as_raw_fd(), a.s.dst.as_raw_fd());
+    let buf = a.copy.as_mut().expect("copy mode");
+    loop {
+        while !buf.is_empty() {
+            let n = unsafe { libc::write(dst, buf.as_ptr().cast(), buf.len()) };
+            if n >= 0 {
+                buf.drain(..n as usize);
+                continue;
+            }
+            match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::EAGAIN => return Pump::WaitDst,
+                e => {
+                    if e != Errno::EPIPE && e != Errno::EIO {
+                        log::warn!("io relay: writing fd {dst}: {e}");
+                    }
+                    return Pump::Done;
+                }
+            }
+        }
+        buf.resize(COPY_BUF, 0);
+        let n = unsafe { libc::read(src, buf.as_mut_ptr().cast(), COPY_BUF) };
+        if n > 0 {
+            buf.truncate(n as usize);
+            continue;
+        }
+        buf.clear();
+        if n == 0 {
+            return Pump::Done;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
             e => {
-                log::warn!("io relay: splice {src} -> {dst}: {e}");
-                return Pump::Done;
+                let a2 = &*a;
+                return src_error(a2, e);
             }
         }
     }
@@ -168,71 +258,139 @@ fn run(sh: &Shared) {
                             set_nonblocking(s.src.as_raw_fd());
                             set_nonblocking(s.dst.as_raw_fd());
                             // Data may already be waiting: pump once, then watch.
-                            step(sh, id, Active { s, on_dst: false }, &mut streams, true);
+                            step(
+                                sh,
+                                id,
+                                Active {
+                                    s,
+                                    reg: Reg::None,
+                                    finishing: false,
+                                    copy: None,
+                                },
+                                &mut streams,
+                            );
                         }
                         Cmd::Cancel(id) => {
                             if let Some(a) = streams.remove(&id) {
                                 finish(sh, a);
                             }
                         }
+                        Cmd::Finish(id) => {
+                            if let Some(mut a) = streams.remove(&id) {
+                                a.finishing = true;
+                                step(sh, id, a, &mut streams);
+                            }
+                        }
                     }
                 }
                 continue;
             }
-            let id = t >> 1;
-            if let Some(a) = streams.remove(&id) {
-                step(sh, id, a, &mut streams, false);
+            if let Some(a) = streams.remove(&(t >> 1)) {
+                step(sh, t >> 1, a, &mut streams);
             }
         }
     }
 }
 
-/// Pumps a stream and (re)arms its epoll interest; `fresh` streams are not registered yet.
-fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>, fresh: bool) {
-    let want_dst = match pump(&mut a) {
-        Pump::Done => {
-            if !fresh {
-                deregister(sh, &a);
-            }
-            finish_unregistered(a);
-            return;
-        }
-        Pump::WaitSrc => false,
-        Pump::WaitDst => true,
+/// Pumps a stream and (re)arms its epoll interest.
+fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>) {
+    let want = match pump(&mut a) {
+        Pump::Done => return finish(sh, a),
+        Pump::WaitSrc => Reg::Src,
+        Pump::WaitDst => Reg::Dst,
+        Pump::Dormant => Reg::None,
     };
-    if fresh || want_dst != a.on_dst {
-        if !fresh {
-            deregister(sh, &a);
-        }
-        a.on_dst = want_dst;
-        let (fd, flags) = if want_dst {
-            (a.s.dst.as_fd(), EpollFlags::EPOLLOUT)
-        } else {
-            (a.s.src.as_fd(), EpollFlags::EPOLLIN)
+    if want != a.reg {
+        deregister(sh, &a);
+        a.reg = want;
+        let r = match want {
+            Reg::Src => sh
+                .epoll
+                .add(a.s.src.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(id, false))),
+            Reg::Dst => sh
+                .epoll
+                .add(a.s.dst.as_fd(), EpollEvent::new(EpollFlags::EPOLLOUT, token(id, true))),
+            Reg::None => Ok(()),
         };
-        if let Err(e) = sh.epoll.add(fd, EpollEvent::new(flags, token(id, want_dst))) {
+        if let Err(e) = r {
             log::warn!("io relay: epoll add: {e}");
-            finish_unregistered(a);
-            return;
+            a.reg = Reg::None;
+            return finish(sh, a);
         }
     }
     streams.insert(id, a);
 }
 
 fn deregister(sh: &Shared, a: &Active) {
-    let fd = if a.on_dst { a.s.dst.as_fd() } else { a.s.src.as_fd() };
-    let _ = sh.epoll.delete(fd);
+    let _ = match a.reg {
+        Reg::Src => sh.epoll.delete(a.s.src.as_fd()),
+        Reg::Dst => sh.epoll.delete(a.s.dst.as_fd()),
+        Reg::None => Ok(()),
+    };
 }
 
-fn finish(sh: &Shared, a: Active) {
+fn finish(sh: &Shared, mut a: Active) {
     deregister(sh, &a);
-    finish_unregistered(a);
-}
-
-fn finish_unregistered(mut a: Active) {
     let done = a.s.on_done.take();
     drop(a); // closes src, dst and held fds
     if let Some(f) = done {
         f();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        (r.into(), w.into())
+    }
+
+    #[test]
+    fn pipe_to_pipe_moves_everything_then_closes() {
+        let relay = Relay::start().unwrap();
+        let (src_r, mut src_w) = pipe();
+        let (mut dst_r, dst_w) = pipe();
+        let (tx, rx) = channel();
+        let mut s = Stream::new(src_r.into(), dst_w.into());
+        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        relay.add(s);
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let expect = data.clone();
+        let writer = std::thread::spawn(move || src_w.write_all(&data));
+        let mut got = Vec::new();
+        dst_r.read_to_end(&mut got).unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(got == expect, "{} bytes of {}", got.len(), expect.len());
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn console_eio_is_not_eof_until_finish() {
+        // A pty: the master answers EIO once the slave is closed.
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let relay = Relay::start().unwrap();
+        let (mut dst_r, dst_w) = pipe();
+        let (tx, rx) = channel();
+        let mut s = Stream::new(pty.master, dst_w.into());
+        s.console_src = true;
+        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        let mut slave = std::fs::File::from(pty.slave);
+        slave.write_all(b"before hangup\n").unwrap();
+        let id = relay.add(s);
+        drop(slave);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "EIO ended the stream"
+        );
+        relay.finish(id);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let mut got = String::new();
+        dst_r.read_to_string(&mut got).unwrap();
+        assert!(got.contains("before hangup"), "{got:?}");
     }
 }

@@ -20,6 +20,11 @@
 //! `leftovers()` only reports what belongs to this instance. Dropping it
 //! tears everything down, also when the test panicked.
 //!
+//! Two things ctr does are worked around here, so tests need not care:
+//! `ctr_stdin` holds stdin open until the process has started (ctr drops an
+//! early EOF, see there), and `run`/`task start`/`task exec` get
+//! `--fifo-dir <dir>/fifo` (ctr leaks FIFO dirs in /run/containerd/fifo).
+//!
 //! Only std is used; external tools: containerd, ctr, runc, kill, umount,
 //! and bash + test-fixtures/build-image.sh to make the image.
 #![allow(dead_code)] // each test file uses a different part of the API
@@ -60,6 +65,8 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Shorter bound for each ctr call made during cleanup.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest ctr_stdin holds stdin open waiting for the process to start.
+const STDIN_GATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -92,8 +99,9 @@ pub fn skip_if_unsupported() -> bool {
     };
     match reason {
         Some(r) => {
-            println!("skipped: {r}");
-            eprintln!("skipped: {r}");
+            // Straight to fd 2: the test harness captures print!/eprint!
+            // output of passing tests, and a skip should be visible.
+            let _ = writeln!(std::io::stderr(), "skipped: {r}");
             true
         }
         None => false,
@@ -112,14 +120,27 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Builds the image tar once per test process. Concurrent processes may
-/// build at the same time; build-image.sh renames atomically and the output
-/// is deterministic, so they all end up with the same file.
+/// Builds the image tar once per test process, or reuses the one a
+/// previous process built when it is newer than its inputs (the build is
+/// deterministic, so that is the same file). Concurrent processes may build
+/// at the same time; build-image.sh renames atomically.
 fn image_tar() -> &'static Path {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rustrunc-busybox.oci.tar");
+        let safe_name: String = IMAGE
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{safe_name}.oci.tar"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-fixtures/build-image.sh");
+        let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let fresh = match (mtime(&out), mtime(&script), mtime(Path::new("/bin/busybox"))) {
+            (Some(o), Some(s), Some(b)) => o >= s && o >= b,
+            _ => false,
+        };
+        if fresh {
+            return out;
+        }
         let o = Command::new("bash")
             .arg(&script)
             .arg(&out)
@@ -141,7 +162,18 @@ fn image_tar() -> &'static Path {
 /// Runs `cmd` with an optional stdin, collecting its output; kills it and
 /// returns Err if it has not exited within `timeout`. Pipes are drained by
 /// threads so a chatty child cannot block on a full pipe.
-fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
+fn run_with_timeout(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
+    run_gated(cmd, input, None, timeout)
+}
+
+/// `run_with_timeout`, but stdin is closed (EOF) only once `close_gate`
+/// fires or STDIN_GATE_TIMEOUT passed, whichever is first.
+fn run_gated(
+    mut cmd: Command,
+    input: Option<&[u8]>,
+    close_gate: Option<mpsc::Receiver<()>>,
+    timeout: Duration,
+) -> Result<Output, String> {
     cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -150,9 +182,12 @@ fn run_with_timeout(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -
         let mut stdin = child.stdin.take().unwrap();
         let data = data.to_vec();
         // Writing from a thread: the child may not read all of it before it
-        // writes output; closing stdin at the end signals EOF.
+        // writes output; dropping stdin at the end signals EOF.
         thread::spawn(move || {
             let _ = stdin.write_all(&data);
+            if let Some(gate) = close_gate {
+                let _ = gate.recv_timeout(STDIN_GATE_TIMEOUT);
+            }
         });
     }
     let drain = |r: Option<Box<dyn Read + Send>>| {
@@ -275,9 +310,24 @@ impl Containerd {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// `ctr --address <sock> -n <ns> <args>`. For commands that create IO
+    /// FIFOs (`run`, `task start`, `task exec`) it adds `--fifo-dir
+    /// <dir>/fifo` right after the command words: ctr otherwise puts them in
+    /// the host-wide /run/containerd/fifo and never removes them for
+    /// detached (-d) or killed commands.
     fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(CTR);
-        cmd.args(["--address", &self.address, "-n", &self.namespace]).args(args);
+        cmd.args(["--address", &self.address, "-n", &self.namespace]);
+        let words = match args {
+            ["run", ..] => 1,
+            ["t" | "task" | "tasks", "start" | "exec", ..] => 2,
+            _ => 0,
+        };
+        cmd.args(&args[..words]);
+        if words > 0 && !args.iter().any(|a| a.starts_with("--fifo-dir")) {
+            cmd.arg("--fifo-dir").arg(self.dir.join("fifo"));
+        }
+        cmd.args(&args[words..]);
         cmd
     }
 
@@ -287,14 +337,46 @@ impl Containerd {
 
     /// `ctr --address <sock> -n <ns> <args>`; panics if it hangs for 60 s.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.try_ctr(args, None, CTR_TIMEOUT)
+        self.ctr_timeout(args, CTR_TIMEOUT)
+    }
+
+    /// `ctr` with another time limit (kill + panic when it is exceeded).
+    pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Output {
+        self.try_ctr(args, None, timeout)
             .unwrap_or_else(|e| panic!("{e}\ncontainerd.log tail:\n{}", self.log_tail(40)))
     }
 
-    /// Like `ctr`, feeding `input` on stdin (then EOF).
+    /// Like `ctr`, feeding `input` on stdin, then EOF, which ctr turns into
+    /// CloseIO on the process's stdin.
+    ///
+    /// ctr (1.6 .. 2.x) has a race: it only learns how to CloseIO once
+    /// NewTask/Exec has returned, and an EOF read before that is dropped,
+    /// leaving the process waiting on stdin forever. So stdin is held open
+    /// until `ctr events` shows the process started (/tasks/start or
+    /// /tasks/exec-started for a container id among `args`), which happens
+    /// after that point; at most STDIN_GATE_TIMEOUT.
     pub fn ctr_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        self.try_ctr(args, Some(input), CTR_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}\ncontainerd.log tail:\n{}", self.log_tail(40)))
+        let mut events = self.spawn_ctr(&["events"]);
+        let (tx, gate) = mpsc::channel();
+        let stdout = events.stdout.take().unwrap();
+        let ids: Vec<String> = args.iter().map(|a| format!("\"container_id\":\"{a}\"")).collect();
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let started = line.contains("/tasks/start ") || line.contains("/tasks/exec-started ");
+                if started && ids.iter().any(|id| line.contains(id.as_str())) {
+                    let _ = tx.send(());
+                    return;
+                }
+            }
+        });
+        // `ctr events` subscribes asynchronously; give it a moment so the
+        // start event is not missed (the gate timeout covers a miss).
+        thread::sleep(Duration::from_millis(100));
+        let result = run_gated(self.ctr_cmd(args), Some(input), Some(gate), CTR_TIMEOUT);
+        let _ = events.kill();
+        let _ = events.wait();
+        result.unwrap_or_else(|e| panic!("{e}\ncontainerd.log tail:\n{}", self.log_tail(40)))
     }
 
     /// Runs ctr, asserts it succeeded, returns its stdout.
@@ -422,6 +504,7 @@ impl Containerd {
         let _ = self.child.wait();
         // 3. Shims outlive containerd by design; kill ours.
         let shims = shim_pids(&self.address, &self.dir);
+        let sockets = listening_sockets_of(&shims);
         for pid in &shims {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
@@ -431,6 +514,10 @@ impl Containerd {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !shim_pids(&self.address, &self.dir).is_empty() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
+        }
+        // A killed shim cannot remove its socket in /run/containerd/s.
+        for path in sockets.iter().filter(|p| p.starts_with(SHIM_SOCKET_DIR)) {
+            let _ = fs::remove_file(path);
         }
         // 4. Containers orphaned by a dead shim: runc deletes state, kills
         //    and removes cgroups; then kill whatever is still in our cgroups.
@@ -630,15 +717,43 @@ fn stale_shim_sockets(since: SystemTime) -> Vec<PathBuf> {
     candidates().into_iter().filter(|p| first.contains(p)).collect()
 }
 
-/// Paths of listening unix sockets (flag __SO_ACCEPTCON) in /proc/net/unix.
-fn listening_unix_sockets() -> Vec<Vec<u8>> {
+/// Listening unix sockets (flag __SO_ACCEPTCON) in /proc/net/unix, as
+/// (inode, path).
+fn listening_unix() -> Vec<(String, Vec<u8>)> {
     let table = fs::read("/proc/net/unix").unwrap_or_default();
     table
         .split(|&c| c == b'\n')
         .skip(1)
         .filter_map(|line| {
             let cols: Vec<&[u8]> = line.split(|&c| c == b' ').filter(|c| !c.is_empty()).collect();
-            (cols.len() >= 8 && cols[3] == b"00010000").then(|| cols[7].to_vec())
+            (cols.len() >= 8 && cols[3] == b"00010000")
+                .then(|| (String::from_utf8_lossy(cols[6]).into_owned(), cols[7].to_vec()))
         })
         .collect()
+}
+
+fn listening_unix_sockets() -> Vec<Vec<u8>> {
+    listening_unix().into_iter().map(|(_, path)| path).collect()
+}
+
+/// Paths of the unix sockets that processes `pids` listen on (their fds
+/// link to "socket:[<inode>]").
+fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
+    let listening = listening_unix();
+    let mut paths = Vec::new();
+    for pid in pids {
+        for fd in dir_entries(Path::new(&format!("/proc/{pid}/fd"))) {
+            let Ok(target) = fs::read_link(&fd) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
+                continue;
+            };
+            for (ino, path) in &listening {
+                if ino == inode {
+                    paths.push(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+                }
+            }
+        }
+    }
+    paths
 }

@@ -1,0 +1,927 @@
+//! Harness of the CRI integration test (tests/cri.rs): a private containerd
+//! with the CRI plugin on, our shim registered as runtime handler
+//! `rustrunc`, the busybox and pause images imported into `k8s.io`, and a
+//! CRI client (tests/cri/cri_client.py, Python + grpcio in a venv made by
+//! scripts/install-cri-deps.sh) driven line by line with JSON.
+//!
+//! Self-contained (tests/common starts containerd with CRI disabled), same
+//! ideas: everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
+//! tools are called with time limits, and `Drop` tears everything down also
+//! when the test panicked: containerd, our shims, the containers' cgroups,
+//! runc state, mounts, the temp dir.
+//!
+//! What is ours, with several containerds on the host: shim daemons whose
+//! argv has `-address <our socket>`, sockets in /run/containerd/s named
+//! after that address, the runc root `<dir>/runc` (the runtime options file
+//! sets it), and the pods' cgroup parent `/rustrunc-cri-<pid>-<n>`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The shim under test (cargo builds it before integration tests).
+pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
+pub const SHIM_NAME: &str = "containerd-shim-rustrunc-v2";
+/// The CRI runtime handler that test-fixtures/cri-config.toml.in registers.
+pub const HANDLER: &str = "rustrunc";
+/// CRI keeps everything in this containerd namespace.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/rustrunc-busybox:latest";
+/// The config's sandbox_image (test-fixtures/pause/).
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// containerd 1.6/1.7 put every shim socket here, whatever `state` says.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// First run: a venv and two wheels from PyPI (~20 s here).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a single CRI call may take before the test gives up on it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Prints "skipped: <reason>" straight to fd 2 (the harness captures
+/// print! of passing tests; a skip must be visible).
+pub fn skip(reason: &str) {
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}
+
+/// Why this machine cannot run the test, if it cannot.
+pub fn unsupported() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root".into());
+    }
+    for p in [CONTAINERD, CTR, "/bin/busybox"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is missing (run scripts/install-deps.sh)"));
+        }
+    }
+    if real_runc().is_none() {
+        return Some("runc is missing (run scripts/install-deps.sh)".into());
+    }
+    None
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn real_runc() -> Option<PathBuf> {
+    [
+        "/usr/sbin/runc",
+        "/usr/bin/runc",
+        "/usr/local/sbin/runc",
+        "/usr/local/bin/runc",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Runs `cmd`, collecting its output; kills it and returns Err when it has
+/// not exited within `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{cmd:?} did not finish within {timeout:?}; killed it"));
+            }
+            Err(e) => return Err(format!("wait {cmd:?}: {e}")),
+        }
+    };
+    let grace = Duration::from_secs(5);
+    Ok(Output {
+        status,
+        stdout: out.recv_timeout(grace).unwrap_or_default(),
+        stderr: err.recv_timeout(grace).unwrap_or_default(),
+    })
+}
+
+fn run_ok(cmd: Command, timeout: Duration) -> Result<String, String> {
+    let desc = format!("{cmd:?}");
+    let o = run_with_timeout(cmd, timeout)?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{desc} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+/// The Python side: the venv's interpreter, ready to run cri_client.py.
+pub struct PythonEnv {
+    pub python: PathBuf,
+}
+
+/// Runs scripts/install-cri-deps.sh (quiet, idempotent) for the venv
+/// `target/cri-venv`; Err(reason) when it could not.
+pub fn python_env() -> Result<PythonEnv, String> {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
+        .to_path_buf();
+    let venv = target.join("cri-venv");
+    let mut cmd = Command::new("bash");
+    cmd.arg(manifest_dir().join("scripts/install-cri-deps.sh")).arg(&venv);
+    run_ok(cmd, INSTALL_TIMEOUT).map_err(|e| format!("the CRI client's Python deps could not be installed: {e}"))?;
+    Ok(PythonEnv {
+        python: venv.join("bin/python"),
+    })
+}
+
+/// Builds an image tar into CARGO_TARGET_TMPDIR unless one newer than all
+/// `inputs` is there already (the builds are deterministic).
+fn image_tar(file: &str, script: &Path, name: &str, inputs: &[&Path]) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(file);
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match mtime(&out) {
+        Some(o) => inputs.iter().chain([&script]).all(|i| mtime(i).is_some_and(|t| t <= o)),
+        None => false,
+    };
+    if !fresh {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script).arg(&out).arg(name);
+        if let Err(e) = run_ok(cmd, TOOL_TIMEOUT) {
+            panic!("building image {name}: {e}");
+        }
+    }
+    out
+}
+
+pub struct CriContainerd {
+    /// Temp dir: config, root, state, sockets, containerd.log, runc root,
+    /// the runc wrapper and its log, the pods' log dirs.
+    pub dir: PathBuf,
+    /// containerd's gRPC socket; CRI is served on it too.
+    pub address: String,
+    /// `<dir>/runc`: runc's --root is `<runc_root>/k8s.io`.
+    pub runc_root: PathBuf,
+    /// The BinaryName wrapper appends each runc argv here.
+    pub wrapper_log: PathBuf,
+    /// Cgroup parent to give the pods (cgroupfs syntax).
+    pub cgroup_parent: String,
+    child: Child,
+}
+
+impl CriContainerd {
+    /// Starts containerd with CRI and imports the busybox and pause images
+    /// into k8s.io.
+    pub fn start() -> CriContainerd {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{}", std::process::id(), n);
+        // Short: the socket path must fit in sun_path (108 bytes).
+        let dir = PathBuf::from(format!("/tmp/rrc-{tag}"));
+        if dir.exists() {
+            cleanup_dir(&dir); // stale, from an earlier process with our pid
+        }
+        fs::create_dir_all(dir.join("bin")).expect("create the temp dir");
+        // Until `c` below owns it, a panic removes the dir through this.
+        let guard = DirGuard(Some(dir.clone()));
+        let address = dir.join("c.sock").to_string_lossy().into_owned();
+        let runc_root = dir.join("runc");
+        let wrapper = dir.join("runc-wrapper");
+        let wrapper_log = dir.join("runc-wrapper.log");
+        let runc = real_runc().expect("runc (checked by unsupported())");
+
+        // BinaryName: log the argv, then become the real runc (same pid, so
+        // the shim's pid files and reaping are unaffected).
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n# runc wrapper of tests/cri.rs: proves BinaryName is used.\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+                wrapper_log.display(),
+                runc.display()
+            ),
+        )
+        .expect("write the runc wrapper");
+        set_mode(&wrapper, 0o755);
+        let options = dir.join("runtime-options.toml");
+        fs::write(
+            &options,
+            format!(
+                "# runc options of the rustrunc handler (CRI passes this file's path as ConfigPath)\nBinaryName = \"{}\"\nRoot = \"{}\"\nSystemdCgroup = false\n",
+                wrapper.display(),
+                runc_root.display()
+            ),
+        )
+        .expect("write the runtime options");
+
+        let template_path = manifest_dir().join("test-fixtures/cri-config.toml.in");
+        let template =
+            fs::read_to_string(&template_path).unwrap_or_else(|e| panic!("read {}: {e}", template_path.display()));
+        let level = std::env::var("RUSTRUNC_CRI_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        let config = template
+            .replace("@ROOT@", &dir.join("root").to_string_lossy())
+            .replace("@STATE@", &dir.join("state").to_string_lossy())
+            .replace("@ADDRESS@", &address)
+            .replace("@LOG_LEVEL@", &level)
+            .replace("@SANDBOX_IMAGE@", PAUSE_IMAGE)
+            .replace("@RUNTIME_OPTIONS@", &options.to_string_lossy())
+            .replace("@CNI_DIR@", &dir.join("cni").to_string_lossy());
+        let unfilled: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains('@'))
+            .collect();
+        assert!(
+            unfilled.is_empty(),
+            "unfilled placeholders in {}: {unfilled:?}",
+            template_path.display()
+        );
+        let config_path = dir.join("config.toml");
+        fs::write(&config_path, config).expect("write containerd config");
+
+        // A private copy of the shim: other builds may replace the one in
+        // target/ while this test runs.
+        let shim = dir.join("bin").join(SHIM_NAME);
+        if fs::hard_link(SHIM_BIN, &shim).is_err() {
+            fs::copy(SHIM_BIN, &shim).expect("copy the shim binary");
+        }
+
+        let log = fs::File::create(dir.join("containerd.log")).expect("create containerd.log");
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(&config_path)
+            .env("PATH", format!("{}:{SYSTEM_PATH}", dir.join("bin").display()))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {CONTAINERD}: {e}"));
+        // From here on a panic drops `c`, which cleans up.
+        let mut c = CriContainerd {
+            dir: guard.disarm(),
+            address,
+            runc_root,
+            wrapper_log,
+            cgroup_parent: format!("/rustrunc-cri-{tag}"),
+            child,
+        };
+        c.wait_ready();
+        let busybox = image_tar(
+            "cri-busybox.oci.tar",
+            &manifest_dir().join("test-fixtures/build-image.sh"),
+            BUSYBOX_IMAGE,
+            &[Path::new("/bin/busybox")],
+        );
+        let pause = image_tar(
+            "cri-pause.oci.tar",
+            &manifest_dir().join("test-fixtures/pause/build-pause-image.sh"),
+            PAUSE_IMAGE,
+            &[&manifest_dir().join("test-fixtures/pause/pause.c")],
+        );
+        for tar in [busybox, pause] {
+            c.ctr_ok(&["-n", CRI_NAMESPACE, "images", "import", &tar.to_string_lossy()]);
+        }
+        c
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
+            }
+            let mut cmd = Command::new(CTR);
+            cmd.args(["--address", &self.address, "version"]);
+            if matches!(run_with_timeout(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "containerd not ready after {START_TIMEOUT:?}; log:\n{}",
+                    self.log_tail(50)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ctr --address <sock> <args>`; panics with the log tail on failure.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(CTR);
+        cmd.args(["--address", &self.address]).args(args);
+        run_ok(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n--- containerd.log tail:\n{}", self.log_tail(40)))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The last `n` lines of containerd.log (the shims' logs end up there).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Lines our shim logged (containerd tags them runtime=<runtime type>)
+    /// at warning level or above.
+    pub fn shim_warnings(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("runtime=io.containerd.rustrunc.v2"))
+            .filter(|l| {
+                ["level=warning", "level=error", "level=fatal", "level=panic"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .map(String::from)
+            .collect()
+    }
+
+    /// Starts the Python CRI client on our socket.
+    pub fn client(&self, py: &PythonEnv) -> CriClient {
+        CriClient::start(py, &self.address, &self.dir.join("gen"))
+    }
+
+    /// `/run/containerd/s/<sha256(<address>/<ns>/<group>)>`: where a shim
+    /// for that group listens (containerd 1.6/1.7 and our shim).
+    pub fn shim_socket(&self, group: &str) -> PathBuf {
+        let hash = Sha256::digest(format!("{}/{CRI_NAMESPACE}/{group}", self.address).as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        Path::new(SHIM_SOCKET_DIR).join(hex)
+    }
+
+    /// `<state>/io.containerd.runtime.v2.task/k8s.io/<id>`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(CRI_NAMESPACE)
+            .join(id)
+    }
+
+    /// Our shim daemons: live processes running the shim binary with
+    /// `-address <our socket>` and no `start`/`delete` action.
+    pub fn shim_daemons(&self) -> Vec<(u32, String)> {
+        shim_daemons(&self.address, &self.dir)
+    }
+
+    /// Starts recording our shim daemons every few milliseconds.
+    pub fn watch_shims(&self) -> ShimWatcher {
+        ShimWatcher::start(self.address.clone(), self.dir.clone())
+    }
+
+    /// `<runc_root>/k8s.io`: runc state dirs of live containers.
+    pub fn runc_state(&self) -> Vec<PathBuf> {
+        dir_entries(&self.runc_root.join(CRI_NAMESPACE))
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        cgroup_dirs(&self.cgroup_parent)
+    }
+
+    /// What this containerd's pods left behind; [] after a clean teardown.
+    /// Shims exit asynchronously after the last delete: retries for 5 s.
+    pub fn leftovers(&self, sockets: &[PathBuf]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut found = Vec::new();
+            for (pid, argv) in shim_processes(&self.address, &self.dir) {
+                found.push(format!("shim process {pid}: {}", argv.join(" ")));
+            }
+            for m in mounts_under(&self.dir) {
+                found.push(format!("mount {m}"));
+            }
+            for s in sockets.iter().filter(|s| fs::symlink_metadata(s).is_ok()) {
+                found.push(format!("shim socket {}", s.display()));
+            }
+            for e in self.runc_state() {
+                found.push(format!("runc state {}", e.display()));
+            }
+            let bundles = self.dir.join("state/io.containerd.runtime.v2.task").join(CRI_NAMESPACE);
+            for e in dir_entries(&bundles) {
+                found.push(format!("bundle dir {}", e.display()));
+            }
+            for cg in self.cgroup_dirs() {
+                for e in dir_entries(&cg).into_iter().filter(|e| e.is_dir()) {
+                    found.push(format!("cgroup {}", e.display()));
+                }
+            }
+            if found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Best-effort teardown; every step is bounded and nothing panics.
+    fn cleanup(&mut self) {
+        // 1. Tasks and containers through containerd while it is up (CRI's
+        //    own records go with the temp dir).
+        if let Ok(None) = self.child.try_wait() {
+            let list = |what: &str| -> Vec<String> {
+                let mut cmd = Command::new(CTR);
+                cmd.args(["--address", &self.address, "-n", CRI_NAMESPACE, what, "ls", "-q"]);
+                run_ok(cmd, CLEANUP_TIMEOUT)
+                    .map(|s| s.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default()
+            };
+            let ctr = |args: &[&str]| {
+                let mut cmd = Command::new(CTR);
+                cmd.args(["--address", &self.address, "-n", CRI_NAMESPACE]).args(args);
+                let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
+            };
+            for id in list("tasks") {
+                ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &id]);
+                ctr(&["tasks", "rm", "-f", &id]);
+            }
+            for id in list("containers") {
+                ctr(&["containers", "rm", &id]);
+            }
+        }
+        // 2. containerd: SIGTERM, SIGKILL after 10 s.
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // 3. Shims outlive containerd by design: kill ours, remove their
+        //    sockets (a killed shim cannot).
+        let shims = shim_processes(&self.address, &self.dir);
+        let sockets = listening_sockets_of(shims.iter().map(|(p, _)| *p));
+        for (pid, _) in &shims {
+            signal(*pid, "KILL");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !shim_processes(&self.address, &self.dir).is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        for s in sockets.iter().filter(|p| p.starts_with(SHIM_SOCKET_DIR)) {
+            let _ = fs::remove_file(s);
+        }
+        // 4. Orphaned containers: runc delete -f, then kill what is still in
+        //    our cgroups and remove them.
+        let root = self.runc_root.join(CRI_NAMESPACE);
+        if let Some(runc) = real_runc() {
+            for e in dir_entries(&root) {
+                if let Some(id) = e.file_name().and_then(|s| s.to_str()) {
+                    let mut cmd = Command::new(&runc);
+                    cmd.arg("--root").arg(&root).args(["delete", "-f", id]);
+                    let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
+                }
+            }
+        }
+        for cg in self.cgroup_dirs() {
+            remove_cgroup_tree(&cg);
+        }
+        // 5. Keep containerd's log (with the shims' logs) for a post-mortem:
+        //    target/tmp/cri-containerd.log, overwritten by the next run.
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cri-containerd.log");
+        let _ = fs::copy(self.dir.join("containerd.log"), keep);
+        // 6. Mounts (CRI's sandbox /dev/shm, rootfs overlays) and the dir.
+        cleanup_dir(&self.dir);
+    }
+}
+
+impl Drop for CriContainerd {
+    fn drop(&mut self) {
+        // Runs while a failed test unwinds too: cleanup() never panics.
+        self.cleanup();
+    }
+}
+
+/// Removes a dir when dropped, unless disarmed.
+struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    fn disarm(mut self) -> PathBuf {
+        self.0.take().expect("armed")
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            cleanup_dir(&dir);
+        }
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The Python CRI client (tests/cri/cri_client.py), one JSON line per call.
+pub struct CriClient {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+/// A failed CRI call: the gRPC status code name and message.
+#[derive(Debug)]
+pub struct CallError {
+    pub code: String,
+    pub details: String,
+}
+
+impl CriClient {
+    fn start(py: &PythonEnv, address: &str, gen: &Path) -> CriClient {
+        let mut child = Command::new(&py.python)
+            .arg(manifest_dir().join("tests/cri/cri_client.py"))
+            .arg("--address")
+            .arg(address)
+            .arg("--proto")
+            .arg(manifest_dir().join("tests/cri/api.proto"))
+            .arg("--gen")
+            .arg(gen)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", py.python.display()));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut c = CriClient {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+        };
+        let ready = c.next_line(Duration::from_secs(60));
+        let v: Value = serde_json::from_str(&ready).unwrap_or(Value::Null);
+        assert_eq!(v["ready"], json!(true), "cri_client.py did not start: {ready}");
+        eprintln!("cri: client ready: grpcio {} protobuf {}", v["grpc"], v["protobuf"]);
+        c
+    }
+
+    fn next_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "cri_client.py gave no answer ({e:?}) within {timeout:?}; its stderr:\n{}",
+                    String::from_utf8_lossy(&self.stderr.lock().unwrap())
+                );
+            }
+        }
+    }
+
+    /// One unary call; the response as protobuf's JSON mapping with proto
+    /// field names (int64 as strings, enums as names, bytes as text).
+    pub fn call(&mut self, service: &str, method: &str, request: Value) -> Result<Value, CallError> {
+        let timeout = CALL_TIMEOUT.as_secs();
+        let line = json!({"service": service, "method": method, "request": request, "timeout": timeout});
+        let stdin = self.stdin.as_mut().expect("client stdin");
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to cri_client.py: {e}"));
+        let answer = self.next_line(CALL_TIMEOUT + Duration::from_secs(10));
+        let v: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("bad answer {answer:?}: {e}"));
+        if v["ok"] == json!(true) {
+            Ok(v["response"].clone())
+        } else {
+            Err(CallError {
+                code: v["code"].as_str().unwrap_or("?").to_string(),
+                details: v["details"].as_str().unwrap_or("").to_string(),
+            })
+        }
+    }
+
+    /// A RuntimeService call.
+    pub fn runtime(&mut self, method: &str, request: Value) -> Result<Value, CallError> {
+        self.call("RuntimeService", method, request)
+    }
+
+    /// Waits until CRI's image store knows `image` (ctr import reaches it
+    /// through an event), returns its id.
+    pub fn wait_image(&mut self, image: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.call("ImageService", "ImageStatus", json!({"image": {"image": image}}));
+            if let Ok(v) = &r {
+                if let Some(id) = v["image"]["id"].as_str().filter(|s| !s.is_empty()) {
+                    return id.to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "CRI does not see image {image}: {r:?}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for CriClient {
+    fn drop(&mut self) {
+        drop(self.stdin.take()); // EOF: it exits by itself
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A thread that scans /proc every 5 ms for our shim daemons, so that a
+/// second shim is seen even if it lived only for a short-lived container.
+pub struct ShimWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<ShimsSeen>>,
+}
+
+/// What a ShimWatcher saw: every daemon (pid -> argv) and the most that
+/// were alive in one scan.
+#[derive(Debug, Default)]
+pub struct ShimsSeen {
+    pub daemons: std::collections::BTreeMap<u32, String>,
+    pub max_at_once: usize,
+    pub scans: usize,
+}
+
+impl ShimWatcher {
+    fn start(address: String, dir: PathBuf) -> ShimWatcher {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut seen = ShimsSeen::default();
+            while !flag.load(Ordering::SeqCst) {
+                let now = shim_daemons(&address, &dir);
+                seen.max_at_once = seen.max_at_once.max(now.len());
+                seen.daemons.extend(now);
+                seen.scans += 1;
+                thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        });
+        ShimWatcher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> ShimsSeen {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for ShimWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+// ---- /proc, mounts, cgroups ---------------------------------------------
+
+fn shim_daemons(address: &str, dir: &Path) -> Vec<(u32, String)> {
+    shim_processes(address, dir)
+        .into_iter()
+        .filter(|(_, argv)| {
+            argv.first().is_some_and(|a0| a0.ends_with(SHIM_NAME))
+                && !argv.iter().any(|a| a == "start" || a == "delete")
+        })
+        .map(|(pid, argv)| (pid, argv.join(" ")))
+        .collect()
+}
+
+fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn is_zombie(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+        .unwrap_or(true)
+}
+
+/// Live shim processes (argv has "containerd-shim") of the containerd at
+/// `address`: `-address <address>` in argv, TTRPC_ADDRESS=<address>.ttrpc
+/// in the environment, or a cwd (bundle) in `dir`. With argv.
+fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
+    let ttrpc = format!("{address}.ttrpc");
+    let mut found = Vec::new();
+    for e in dir_entries(Path::new("/proc")) {
+        let Some(pid) = e
+            .file_name()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
+        let argv: Vec<String> = raw
+            .split(|&c| c == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !argv.iter().any(|a| a.contains("containerd-shim")) {
+            continue; // zombies have an empty cmdline too
+        }
+        let env = fs::read(e.join("environ")).unwrap_or_default();
+        let ours = argv.windows(2).any(|w| w[0] == "-address" && w[1] == address)
+            || env.split(|&c| c == 0).any(|kv| kv.ends_with(ttrpc.as_bytes()))
+            || fs::read_link(e.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if ours && !is_zombie(pid) {
+            found.push((pid, argv));
+        }
+    }
+    found
+}
+
+/// Paths of the unix sockets that `pids` listen on.
+fn listening_sockets_of(pids: impl Iterator<Item = u32>) -> Vec<PathBuf> {
+    let table = fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let listening: Vec<(String, String)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c.len() >= 8 && c[3] == "00010000").then(|| (c[6].to_string(), c[7].to_string()))
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for pid in pids {
+        for fd in dir_entries(Path::new(&format!("/proc/{pid}/fd"))) {
+            let Ok(target) = fs::read_link(&fd) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
+                continue;
+            };
+            paths.extend(
+                listening
+                    .iter()
+                    .filter(|(i, _)| i == inode)
+                    .map(|(_, p)| PathBuf::from(p)),
+            );
+        }
+    }
+    paths
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    let prefix = format!("{dir}/");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|m| *m == *dir || m.starts_with(&prefix))
+        .collect();
+    mounts.reverse();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
+    mounts.dedup();
+    mounts
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn cleanup_dir(dir: &Path) {
+    for m in mounts_under(dir) {
+        let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
+    }
+    if let Err(e) = fs::remove_dir_all(dir) {
+        if dir.exists() {
+            eprintln!("cri harness: could not remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// `/sys/fs/cgroup/<parent>` (v2) and `/sys/fs/cgroup/<controller>/<parent>`
+/// (v1) that exist.
+fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let rel = parent.trim_start_matches('/');
+    let base = Path::new("/sys/fs/cgroup");
+    let mut v = vec![base.join(rel)];
+    v.extend(
+        dir_entries(base)
+            .into_iter()
+            .filter(|c| fs::symlink_metadata(c).is_ok_and(|m| m.is_dir()))
+            .map(|c| c.join(rel)),
+    );
+    v.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// Kills every process in a cgroup tree, then removes it bottom-up.
+fn remove_cgroup_tree(cg: &Path) {
+    for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
+        remove_cgroup_tree(&child);
+    }
+    for _ in 0..50 {
+        let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() || fs::remove_dir(cg).is_ok() {
+            break;
+        }
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|&p| p > 1)
+        {
+            signal(pid, "KILL");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir(cg);
+}
+
+/// Whether `p` is a unix socket.
+pub fn is_socket(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
