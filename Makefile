@@ -24,7 +24,7 @@ test: deps lint
 	$(CARGO) test --all-targets -- --test-threads=2
 
 unit:
-	$(CARGO) test --bins
+	$(CARGO) test --lib
 
 integration: deps
 	$(CARGO) test --tests -- --test-threads=2

@@ -1,24 +1,7 @@
 //! containerd-shim-rustrunc-v2: a containerd runtime-v2 shim for runc.
 
-mod bootstrap;
-mod cgroup;
-mod cli;
-mod container;
-mod daemon;
-mod error;
-mod events;
-mod info;
-mod logger;
-mod mount;
-mod oom;
-mod options;
-mod process;
-mod protos;
-mod reaper;
-mod runc;
-mod service;
-mod stats;
-mod stdio;
+use containerd_shim_rustrunc_v2::{bootstrap, cli, daemon, info};
+
 
 use cli::Action;
 
