@@ -2,7 +2,6 @@
 
 use containerd_shim_rustrunc_v2::{bootstrap, cli, daemon, info};
 
-
 use cli::Action;
 
 fn main() {

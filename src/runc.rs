@@ -196,6 +196,11 @@ impl Runc {
             })
     }
 
+    /// `runc update --resources=-`: the LinuxResources JSON on stdin.
+    pub fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        self.run(&["update", "--resources=-", id], Some(resources)).map(drop)
+    }
+
     pub fn pause(&self, id: &str) -> Result<()> {
         self.run(&["pause", id], None).map(drop)
     }

@@ -670,6 +670,25 @@ impl Service {
         Ok(Empty::new())
     }
 
+    fn do_update(&self, req: UpdateTaskRequest) -> Result<Empty> {
+        let c = self.container(&req.id)?;
+        match c.init.state() {
+            State::Stopped | State::Deleting | State::Deleted => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot update a stopped container {}",
+                    c.id
+                )))
+            }
+            _ => {}
+        }
+        let resources = req.resources.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        // runc validates the LinuxResources itself; a JSON check here gives a clearer error first.
+        serde_json::from_slice::<serde_json::Value>(resources)
+            .map_err(|e| Error::InvalidArgument(format!("update resources are not LinuxResources JSON: {e}")))?;
+        c.runc.update(&c.id, resources)?;
+        Ok(Empty::new())
+    }
+
     fn do_stats(&self, req: StatsRequest) -> Result<StatsResponse> {
         let c = self.container(&req.id)?;
         let cg = c
@@ -775,8 +794,9 @@ impl Task for Service {
         let id = r.id.clone();
         log_result("CloseIO", &id, self.do_close_io(r))
     }
-    fn update(&self, _: &ttrpc::TtrpcContext, _: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Update")
+    fn update(&self, _: &ttrpc::TtrpcContext, r: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("Update", &id, self.do_update(r))
     }
     fn wait(&self, _: &ttrpc::TtrpcContext, r: WaitRequest) -> ttrpc::Result<WaitResponse> {
         let id = r.id.clone();

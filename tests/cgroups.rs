@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use common::events::{wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use containerd_shim_rustrunc_v2::protos::shim::shim::UpdateTaskRequest;
+use containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient;
 
 #[test]
 fn task_metrics_are_cgroup_v1_metrics() {
@@ -84,5 +86,80 @@ fn oom_kill_is_published_before_the_exit() {
     let exit = topics.iter().position(|t| *t == "/tasks/exit").expect("exit event");
     assert!(topics[..first_oom].contains(&"/tasks/start"), "{topics:?}");
     assert!(last_oom < exit, "OOM after exit: {topics:?}");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+/// A ttrpc client of the shim serving container `id`, found through the bundle's address file.
+fn shim_client(c: &Containerd, id: &str) -> TaskClient {
+    let bundle = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(id);
+    let address = std::fs::read_to_string(bundle.join("address")).expect("address file");
+    TaskClient::new(ttrpc::Client::connect(address.trim()).expect("connecting to the shim"))
+}
+
+fn update_request(id: &str, json: &str) -> UpdateTaskRequest {
+    let mut any = protobuf::well_known_types::any::Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = json.as_bytes().to_vec();
+    UpdateTaskRequest {
+        id: id.into(),
+        resources: Some(any).into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn update_changes_the_memory_limit() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("update");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let limit = |c: &Containerd| -> Option<u64> {
+        let json = c.ctr_ok(&["task", "metrics", "--format", "json", &id]);
+        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+        v.pointer("/memory/usage/limit")?.as_u64()
+    };
+    assert_eq!(limit(&c), Some(32 << 20));
+    // ctr 1.6 has no `task update`: call the shim's Update directly, as containerd would.
+    let shim = shim_client(&c, &id);
+    shim.update(
+        ttrpc::context::with_timeout(10_000_000_000),
+        &update_request(&id, r#"{"memory":{"limit":67108864}}"#),
+    )
+    .expect("Update");
+    assert_eq!(limit(&c), Some(64 << 20));
+    let bad = shim.update(
+        ttrpc::context::with_timeout(10_000_000_000),
+        &update_request(&id, "not json"),
+    );
+    assert!(
+        format!("{bad:?}").contains("InvalidArgument") || format!("{bad:?}").contains("INVALID_ARGUMENT"),
+        "{bad:?}"
+    );
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&c, &id, "STOPPED");
+    // A stopped container cannot be updated.
+    assert!(!c
+        .ctr(&["task", "update", "--memory-limit", "33554432", &id])
+        .status
+        .success());
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
