@@ -1,0 +1,170 @@
+//! Runtime options reaching runc: BinaryName (crun), NoPivotRoot, IoUid/IoGid, ShimCgroup, Root, given
+//! the way ctr 1.6 can give them to a runtime not named io.containerd.runc*: a TOML file
+//! (`--runtime-config-path`, sent as runtimeoptions.v1.Options).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{unique_id, Containerd, IMAGE, RUNTIME};
+
+/// A runtime binary that logs its argv, then runs the real one.
+fn wrapper(c: &Containerd, real: &str) -> (String, std::path::PathBuf) {
+    let log = c.dir.join(format!(
+        "{}.argv",
+        Path::new(real).file_name().unwrap().to_string_lossy()
+    ));
+    let script = c.dir.join(format!(
+        "wrap-{}",
+        Path::new(real).file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script.to_string_lossy().into_owned(), log)
+}
+
+fn options_file(c: &Containerd, name: &str, toml: &str) -> String {
+    let p = c.dir.join(name);
+    std::fs::write(&p, toml).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn crun_through_binary_name_with_no_pivot_root() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let Some(crun) = ["/usr/bin/crun", "/usr/sbin/crun"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        println!("skipped: crun is not installed");
+        return;
+    };
+    let c = Containerd::start();
+    let (bin, log) = wrapper(&c, crun);
+    let opts = options_file(
+        &c,
+        "crun.toml",
+        &format!("BinaryName = \"{bin}\"\nNoPivotRoot = true\n"),
+    );
+    let id = unique_id("crun");
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &opts,
+        IMAGE,
+        &id,
+        "echo",
+        "via-crun",
+    ]);
+    let argv = std::fs::read_to_string(&log).unwrap_or_default();
+    let create = argv
+        .lines()
+        .find(|l| l.contains(" create "))
+        .unwrap_or_else(|| panic!("crun never ran create:\n{argv}"));
+    assert!(create.contains("--no-pivot"), "{create}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("hybrid mode not supported") {
+        // crun refuses cgroup v1 hosts with a v2 hierarchy mounted (like this one); the error is crun's own.
+        println!("crun cannot run containers on this hybrid cgroup host: {}", err.trim());
+        let _ = c.ctr(&["containers", "rm", &id]);
+    } else {
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "via-crun\n", "{o:?}");
+        assert!(argv.lines().any(|l| l.contains(" start ")), "{argv}");
+    }
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+#[test]
+fn io_gid_owns_the_pipes() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let opts = options_file(&c, "io.toml", "IoUid = 1234\nIoGid = 5678\n");
+    let id = unique_id("iouid");
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &opts,
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "stat -L -c '%g' /proc/self/fd/1 /proc/self/fd/2",
+    ]);
+    // runc hands the pipes' uid to the container's user (fixStdioPermissions, which matters under user
+    // namespaces, where IoUid is the host side of the container's root); the group stays IoGid.
+    assert_eq!(out, "5678\n5678\n");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+#[test]
+fn shim_cgroup_and_runc_root() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let hierarchy = Path::new("/sys/fs/cgroup/pids");
+    if !hierarchy.is_dir() {
+        println!("skipped: no cgroup v1 pids hierarchy");
+        return;
+    }
+    let c = Containerd::start();
+    let name = unique_id("rustrunc-shimcg");
+    let cg = hierarchy.join(&name);
+    std::fs::create_dir(&cg).unwrap();
+    struct RmCgroup(std::path::PathBuf);
+    impl Drop for RmCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _guard = RmCgroup(cg.clone());
+    let root = c.dir.join("runc-root");
+    let opts = options_file(
+        &c,
+        "cg.toml",
+        &format!("ShimCgroup = \"/{name}\"\nRoot = \"{}\"\n", root.display()),
+    );
+    let id = unique_id("shimcg");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &opts,
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    let shim_in_cgroup = procs.lines().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("containerd-shim-rustrunc-v2"))
+    });
+    assert!(shim_in_cgroup, "shim not in {}: {procs:?}", cg.display());
+    assert!(root.join(&c.namespace).join(&id).is_dir(), "runc state not under Root");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    common::events::wait_status(&c, &id, "STOPPED");
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert!(
+        !root.join(&c.namespace).join(&id).exists(),
+        "runc state left under Root"
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
