@@ -20,6 +20,7 @@ pub struct Container {
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     pub mounts: Vec<Mount>,
+    pub namespace: String,
     pub io_uid: u32,
     pub io_gid: u32,
     /// The init's cgroup, resolved right after create (stats, OOM).
@@ -153,7 +154,15 @@ impl Container {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (child, pending) = match stdio::prepare(&paths, opts.io_uid, opts.io_gid) {
+        let (child, pending) = match stdio::prepare(
+            &paths,
+            opts.io_uid,
+            opts.io_gid,
+            stdio::LogIds {
+                container_id: id,
+                namespace,
+            },
+        ) {
             Ok(x) => x,
             Err(e) => {
                 undo_mounts();
@@ -196,6 +205,7 @@ impl Container {
             init,
             execs: Mutex::new(HashMap::new()),
             mounts,
+            namespace: namespace.to_string(),
             io_uid: opts.io_uid,
             cgroup: crate::cgroup::Cgroup::of_pid(pid).ok(),
             io_gid: opts.io_gid,
@@ -214,7 +224,15 @@ impl Container {
     /// Runs `runc exec` for a created exec process: its IO, its spec file, its pid.
     pub fn start_exec(&self, p: &Process, relay: &Relay) -> Result<u32> {
         let exec_id = p.exec_id.as_deref().unwrap_or_default();
-        let (child, pending) = stdio::prepare(&p.stdio, self.io_uid, self.io_gid)?;
+        let (child, pending) = stdio::prepare(
+            &p.stdio,
+            self.io_uid,
+            self.io_gid,
+            stdio::LogIds {
+                container_id: &self.id,
+                namespace: &self.namespace,
+            },
+        )?;
         let spec = self.bundle.join(format!(".exec-{exec_id}.json"));
         write_atomic(&spec, &p.spec).ctx(|| "writing the exec process spec")?;
         let pid_file = self.bundle.join(format!("{exec_id}.pid"));

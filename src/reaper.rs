@@ -72,7 +72,6 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    #[cfg(test)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -80,6 +79,15 @@ impl Spawned {
     pub fn wait(&self) -> u32 {
         // The sender is dropped only after sending, so recv fails only if the reaper state was torn down.
         self.rx.recv().unwrap_or(255)
+    }
+
+    /// The exit status, or None if it is still running after `d`.
+    pub fn wait_timeout(&self, d: std::time::Duration) -> Option<u32> {
+        match self.rx.recv_timeout(d) {
+            Ok(s) => Some(s),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(255),
+        }
     }
 }
 

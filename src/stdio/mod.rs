@@ -3,6 +3,7 @@
 //! the client or containerd goes away) and a writer on the stdin fifo (reattach; CloseIO drops it).
 
 mod console;
+pub mod logger;
 pub mod relay;
 
 use std::ffi::CString;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use logger::Logger;
 use relay::{Relay, Stream};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +45,14 @@ pub struct PendingIo {
     outputs: Vec<Stream>,
     stdin_writer: Option<OwnedFd>,
     console: Option<PendingConsole>,
+    logger: Option<Logger>,
+}
+
+/// Who the output belongs to, for a logging binary's environment.
+#[derive(Clone, Copy)]
+pub struct LogIds<'a> {
+    pub container_id: &'a str,
+    pub namespace: &'a str,
 }
 
 /// A terminal: runc sends the pty master over `socket`; the fifos are relayed to and from it.
@@ -85,6 +95,7 @@ pub struct ProcessIo {
     /// The pty master (one owner; the relay streams hold dups). Taken when stdin ends: hangs up the tty.
     console: Arc<Mutex<Option<OwnedFd>>>,
     console_out: Option<u64>,
+    logger: Option<Logger>,
 }
 
 fn open(path: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
@@ -168,7 +179,7 @@ fn open_stdin_fifo(uri: &str) -> Result<(OwnedFd, OwnedFd)> {
 
 /// Opens the client side and makes the pipes (or, for a terminal, the console socket). Nothing runs
 /// yet; dropping the results closes everything.
-pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, PendingIo)> {
+pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(ChildStdio, PendingIo)> {
     let mut child = ChildStdio {
         stdin: None,
         stdout: None,
@@ -179,6 +190,16 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
         outputs: Vec::new(),
         stdin_writer: None,
         console: None,
+        logger: None,
+    };
+    // A logging binary gets the container's output directly (stdout's URI names it for both streams).
+    let binary = match logger::parse(&paths.stdout) {
+        Some(b) => {
+            let (l, out, err) = Logger::start(&b?, ids.container_id, ids.namespace)?;
+            pending.logger = Some(l);
+            Some((out, err))
+        }
+        None => None,
     };
     if paths.terminal {
         let mut c = PendingConsole {
@@ -191,7 +212,9 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
             c.stdin = Some(r);
             pending.stdin_writer = Some(w);
         }
-        if !paths.stdout.is_empty() {
+        if let Some((out, _)) = binary {
+            c.stdout = Some((out, None));
+        } else if !paths.stdout.is_empty() {
             c.stdout = Some(open_output(&paths.stdout)?);
         }
         pending.console = Some(c);
@@ -204,6 +227,13 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32) -> Result<(ChildStdio, Pe
         child.stdin = Some(r);
         pending.stdin = Some(Stream::new(fifo_r, w));
         pending.stdin_writer = Some(fifo_w);
+    }
+    if let Some((out, err)) = binary {
+        chown(&out, uid, gid)?;
+        chown(&err, uid, gid)?;
+        child.stdout = Some(out);
+        child.stderr = Some(err);
+        return Ok((child, pending));
     }
     for (uri, slot) in [(&paths.stdout, &mut child.stdout), (&paths.stderr, &mut child.stderr)] {
         if uri.is_empty() {
@@ -289,6 +319,7 @@ impl PendingIo {
             drain,
             console,
             console_out,
+            logger: self.logger,
         })
     }
 }
@@ -343,6 +374,9 @@ impl ProcessIo {
             self.relay.cancel(*id);
         }
         self.console.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(l) = &self.logger {
+            l.stop();
+        }
     }
 }
 
