@@ -3,15 +3,21 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Context, Error, Result};
 use crate::mount::{self, Mount};
 use crate::options::{self, Options};
 use crate::process::Process;
 use crate::protos::shim::shim::CreateTaskRequest;
-use crate::runc::{CreateOpts, Runc};
+use crate::runc::{CreateOpts, RestoreOpts, Runc};
 use crate::stdio::{self, relay::Relay, StdioPaths};
+
+struct PendingRestore {
+    child: stdio::ChildStdio,
+    pending: stdio::PendingIo,
+    image: PathBuf,
+}
 
 pub struct Container {
     pub id: String,
@@ -23,8 +29,12 @@ pub struct Container {
     pub namespace: String,
     pub io_uid: u32,
     pub io_gid: u32,
-    /// The init's cgroup, resolved right after create (stats, OOM).
-    pub cgroup: Option<crate::cgroup::Cgroup>,
+    pub no_pivot: bool,
+    pub criu_work_path: String,
+    /// The init's cgroup, resolved right after create or restore (stats, OOM).
+    pub cgroup: OnceLock<crate::cgroup::Cgroup>,
+    /// IO and image of a container created from a checkpoint, until Start restores it.
+    restore: Mutex<Option<PendingRestore>>,
     /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
     pub kill_all_on_exit: bool,
 }
@@ -103,11 +113,6 @@ impl Container {
             Some(a) => options::from_any(&a.type_url, &a.value)?,
             None => Options::default(),
         };
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented(
-                "restore from a checkpoint is not supported by this shim yet".into(),
-            ));
-        }
         let runc = Runc::new(&opts.binary_name, &opts.root, namespace, &bundle, opts.systemd_cgroup);
         write_atomic(
             &bundle.join("options.json"),
@@ -169,12 +174,38 @@ impl Container {
                 return Err(e);
             }
         };
-        let pid_file = bundle.join("init.pid");
+        let init = Arc::new(Process::new(id, None, paths));
+        let c = Container {
+            id: id.to_string(),
+            kill_all_on_exit: !has_private_pid_ns(&bundle),
+            bundle,
+            runc,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            mounts,
+            namespace: namespace.to_string(),
+            io_uid: opts.io_uid,
+            io_gid: opts.io_gid,
+            no_pivot: opts.no_pivot_root,
+            criu_work_path: opts.criu_work_path.clone(),
+            cgroup: OnceLock::new(),
+            restore: Mutex::new(None),
+        };
+        if !req.checkpoint.is_empty() {
+            // Restore: runc runs at Start (`runc restore`); containerd may apply the rootfs diff meanwhile.
+            *c.restore.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingRestore {
+                child,
+                pending,
+                image: PathBuf::from(&req.checkpoint),
+            });
+            return Ok(c);
+        }
+        let pid_file = c.bundle.join("init.pid");
         let console = pending.console_socket().map(Path::to_path_buf);
-        let created = runc.create(
+        let created = c.runc.create(
             id,
             &CreateOpts {
-                bundle: &bundle,
+                bundle: &c.bundle,
                 pid_file: &pid_file,
                 console_socket: console.as_deref(),
                 no_pivot: opts.no_pivot_root,
@@ -189,27 +220,92 @@ impl Container {
             Ok(x) => x,
             Err(e) => {
                 // runc may have got as far as leaving state (and a runc init) behind.
-                let _ = runc.delete(id, true);
-                undo_mounts();
+                let _ = c.runc.delete(id, true);
+                let _ = c.unmount();
                 return Err(e);
             }
         };
-        let init = Arc::new(Process::new(id, None, paths));
-        init.set_pid(pid);
-        init.set_io(io);
-        Ok(Container {
-            id: id.to_string(),
-            kill_all_on_exit: !has_private_pid_ns(&bundle),
-            bundle,
-            runc,
-            init,
-            execs: Mutex::new(HashMap::new()),
-            mounts,
-            namespace: namespace.to_string(),
-            io_uid: opts.io_uid,
-            cgroup: crate::cgroup::Cgroup::of_pid(pid).ok(),
-            io_gid: opts.io_gid,
-        })
+        c.init.set_pid(pid);
+        c.init.set_io(io);
+        if let Ok(cg) = crate::cgroup::Cgroup::of_pid(pid) {
+            let _ = c.cgroup.set(cg);
+        }
+        Ok(c)
+    }
+
+    /// True for a container created from a checkpoint and not started yet.
+    pub fn restore_pending(&self) -> bool {
+        self.restore.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Start of a container created from a checkpoint: `runc restore`, then its IO and cgroup.
+    pub fn start_restore(&self, relay: &Relay) -> Result<u32> {
+        let Some(r) = self.restore.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has no checkpoint to restore",
+                self.id
+            )));
+        };
+        let pid_file = self.bundle.join("init.pid");
+        let work = self.criu_work_dir();
+        let console = r.pending.console_socket().map(Path::to_path_buf);
+        let opts = RestoreOpts {
+            bundle: &self.bundle,
+            pid_file: &pid_file,
+            image: &r.image,
+            work: &work,
+            console_socket: console.as_deref(),
+            no_pivot: self.no_pivot,
+        };
+        let restored = self.runc.restore(&self.id, &opts, r.child.into_stdio());
+        let pid = restored.and_then(|()| read_pid(&pid_file)).inspect_err(|_| {
+            let _ = fs::copy(work.join("restore.log"), self.bundle.join("criu-restore.log"));
+        })?;
+        let io = r.pending.start(relay).inspect_err(|_| {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        })?;
+        self.init.set_pid(pid);
+        self.init.set_io(io);
+        if let Ok(cg) = crate::cgroup::Cgroup::of_pid(pid) {
+            let _ = self.cgroup.set(cg);
+        }
+        Ok(pid)
+    }
+
+    /// CRIU's work directory: CriuWorkPath, else the bundle's `work` (containerd's persistent dir).
+    pub fn criu_work_dir(&self) -> PathBuf {
+        let base = if self.criu_work_path.is_empty() {
+            self.bundle.join("work")
+        } else {
+            PathBuf::from(&self.criu_work_path)
+        };
+        base.join(format!("criu-work-{}", self.id))
+    }
+
+    /// `runc checkpoint` of the init; CRIU's dump log is kept in the bundle when it fails.
+    pub fn checkpoint(&self, path: &str, o: &options::CheckpointOpts) -> Result<()> {
+        let image = if path.is_empty() {
+            PathBuf::from(&o.image_path)
+        } else {
+            PathBuf::from(path)
+        };
+        if image.as_os_str().is_empty() {
+            return Err(Error::InvalidArgument("checkpoint without an image path".into()));
+        }
+        let work = if o.work_path.is_empty() {
+            self.criu_work_dir()
+        } else {
+            PathBuf::from(&o.work_path)
+        };
+        fs::create_dir_all(&work).ctx(|| format!("creating CRIU work dir {}", work.display()))?;
+        let r = self.runc.checkpoint(&self.id, o, &image, &work);
+        if r.is_err() {
+            let _ = fs::copy(work.join("dump.log"), self.bundle.join("criu-dump.log"));
+        }
+        if o.work_path.is_empty() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        r
     }
 
     pub fn exec(&self, exec_id: &str) -> Result<Arc<Process>> {

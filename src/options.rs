@@ -363,3 +363,100 @@ mod tests {
         assert_eq!(back.binary_name, "crun");
     }
 }
+
+/// Checkpoint options, from `containerd.runc.v1.CheckpointOptions` or the legacy
+/// `containerd.linux.runc.CheckpointOptions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointOpts {
+    pub exit: bool,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    pub terminal: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: Vec<String>,
+    pub cgroups_mode: String,
+    pub image_path: String,
+    pub work_path: String,
+    pub parent_path: String,
+}
+
+pub fn checkpoint_from_any(type_url: &str, value: &[u8]) -> Result<CheckpointOpts> {
+    use crate::protos::shim::oci::CheckpointOptions as V1;
+    use crate::protos::shim::runc::CheckpointOptions as Legacy;
+    match type_url.rsplit('/').next().unwrap_or_default() {
+        "" if value.is_empty() => Ok(CheckpointOpts::default()),
+        "containerd.runc.v1.CheckpointOptions" => {
+            let o = V1::parse_from_bytes(value).map_err(|e| bad("containerd.runc.v1.CheckpointOptions", e))?;
+            Ok(CheckpointOpts {
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                image_path: o.image_path,
+                work_path: o.work_path,
+                parent_path: o.parent_path,
+            })
+        }
+        "containerd.linux.runc.CheckpointOptions" => {
+            let o = Legacy::parse_from_bytes(value).map_err(|e| bad("containerd.linux.runc.CheckpointOptions", e))?;
+            Ok(CheckpointOpts {
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                image_path: o.image_path,
+                work_path: o.work_path,
+                parent_path: String::new(),
+            })
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "unsupported checkpoint options type {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    #[test]
+    fn both_checkpoint_option_types() {
+        use crate::protos::shim::oci::CheckpointOptions as V1;
+        use crate::protos::shim::runc::CheckpointOptions as Legacy;
+        let v1 = V1 {
+            exit: true,
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            ..Default::default()
+        };
+        let o = checkpoint_from_any("containerd.runc.v1.CheckpointOptions", &v1.write_to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            (o.exit, o.image_path.as_str(), o.work_path.as_str()),
+            (true, "/img", "/work")
+        );
+        // Same meaning, other field numbers.
+        let legacy = Legacy {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            open_tcp: true,
+            ..Default::default()
+        };
+        let o = checkpoint_from_any(
+            "containerd.linux.runc.CheckpointOptions",
+            &legacy.write_to_bytes().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.open_tcp, o.image_path.as_str(), o.work_path.as_str()),
+            (true, "/img", "/work")
+        );
+        assert_eq!(checkpoint_from_any("", b"").unwrap(), CheckpointOpts::default());
+        assert!(checkpoint_from_any("x.Y", b"").is_err());
+    }
+}

@@ -196,6 +196,30 @@ impl Runc {
             })
     }
 
+    /// `runc checkpoint`: the process keeps running unless `o.exit`.
+    pub fn checkpoint(&self, id: &str, o: &crate::options::CheckpointOpts, image: &Path, work: &Path) -> Result<()> {
+        let args = checkpoint_args(id, o, image, work);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args, None).map(drop)
+    }
+
+    /// `runc restore --detach`: brings a checkpointed container back, with `stdio` as its IO.
+    pub fn restore(&self, id: &str, o: &RestoreOpts, stdio: [Stdio; 3]) -> Result<()> {
+        let args = restore_args(id, o);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = fs::remove_file(&self.log);
+        let mut cmd = self.command(&args);
+        let [i, out, err] = stdio;
+        cmd.stdin(i).stdout(out).stderr(err);
+        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error("restore", e))?;
+        drop(cmd);
+        let status = sp.wait();
+        if status != 0 {
+            return Err(self.failure("restore", status, b""));
+        }
+        Ok(())
+    }
+
     /// `runc update --resources=-`: the LinuxResources JSON on stdin.
     pub fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
         self.run(&["update", "--resources=-", id], Some(resources)).map(drop)
@@ -231,6 +255,64 @@ impl Runc {
         args.push(id);
         self.run(&args, None).map(drop)
     }
+}
+
+pub struct RestoreOpts<'a> {
+    pub bundle: &'a Path,
+    pub pid_file: &'a Path,
+    pub image: &'a Path,
+    pub work: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+}
+
+fn checkpoint_args(id: &str, o: &crate::options::CheckpointOpts, image: &Path, work: &Path) -> Vec<String> {
+    let mut a: Vec<String> = vec!["checkpoint".into()];
+    if !o.exit {
+        a.push("--leave-running".into());
+    }
+    a.extend([
+        "--image-path".into(),
+        image.to_string_lossy().into(),
+        "--work-path".into(),
+        work.to_string_lossy().into(),
+    ]);
+    if !o.parent_path.is_empty() {
+        a.extend(["--parent-path".into(), o.parent_path.clone()]);
+    }
+    for (on, flag) in [
+        (o.open_tcp, "--tcp-established"),
+        (o.external_unix_sockets, "--ext-unix-sk"),
+        (o.terminal, "--shell-job"),
+        (o.file_locks, "--file-locks"),
+    ] {
+        if on {
+            a.push(flag.into());
+        }
+    }
+    for ns in &o.empty_namespaces {
+        a.extend(["--empty-ns".into(), ns.clone()]);
+    }
+    if !o.cgroups_mode.is_empty() {
+        a.extend(["--manage-cgroups-mode".into(), o.cgroups_mode.clone()]);
+    }
+    a.push(id.into());
+    a
+}
+
+fn restore_args(id: &str, o: &RestoreOpts) -> Vec<String> {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let mut a: Vec<String> = vec!["restore".into(), "--detach".into(), "--no-subreaper".into()];
+    a.extend(["--pid-file".into(), s(o.pid_file), "--bundle".into(), s(o.bundle)]);
+    a.extend(["--image-path".into(), s(o.image), "--work-path".into(), s(o.work)]);
+    if o.no_pivot {
+        a.push("--no-pivot".into());
+    }
+    if let Some(c) = o.console_socket {
+        a.extend(["--console-socket".into(), s(c)]);
+    }
+    a.push(id.into());
+    a
 }
 
 /// Reads a child's stdout and stderr to EOF together (poll), so neither pipe can fill up and block it.
@@ -303,6 +385,39 @@ mod tests {
         assert_eq!(r.log, Path::new("/b/log.json"));
         let r = Runc::new("/usr/bin/crun", "/x/", "k8s.io", Path::new("/b"), true);
         assert_eq!((r.binary.as_str(), r.root.as_str()), ("/usr/bin/crun", "/x/k8s.io"));
+    }
+
+    #[test]
+    fn checkpoint_and_restore_arguments() {
+        let o = crate::options::CheckpointOpts {
+            open_tcp: true,
+            terminal: true,
+            empty_namespaces: vec!["network".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            checkpoint_args("c1", &o, Path::new("/img"), Path::new("/w")).join(" "),
+            "checkpoint --leave-running --image-path /img --work-path /w --tcp-established --shell-job --empty-ns network c1"
+        );
+        let exit = crate::options::CheckpointOpts {
+            exit: true,
+            ..Default::default()
+        };
+        assert!(
+            !checkpoint_args("c1", &exit, Path::new("/i"), Path::new("/w")).contains(&"--leave-running".to_string())
+        );
+        let r = RestoreOpts {
+            bundle: Path::new("/b"),
+            pid_file: Path::new("/b/init.pid"),
+            image: Path::new("/img"),
+            work: Path::new("/w"),
+            console_socket: None,
+            no_pivot: true,
+        };
+        assert_eq!(
+            restore_args("c1", &r).join(" "),
+            "restore --detach --no-subreaper --pid-file /b/init.pid --bundle /b --image-path /img --work-path /w --no-pivot c1"
+        );
     }
 
     #[test]

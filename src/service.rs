@@ -262,11 +262,7 @@ impl Service {
         let sub = self.pre_start(None);
         let c = Arc::new(Container::create(&req, &self.namespace, &self.relay)?);
         let pid = c.init.pid();
-        if let Some(cg) = &c.cgroup {
-            if let Err(e) = self.oom.add(&c.id, cg) {
-                log::warn!("container {}: not watching for OOM kills: {e}", c.id);
-            }
-        }
+        self.watch_oom(&c);
         lock(&self.containers).insert(req.id.clone(), c.clone());
         log::info!("created container {} (pid {pid})", req.id);
         self.events.publish(
@@ -305,6 +301,32 @@ impl Service {
         })
     }
 
+    fn watch_oom(&self, c: &Container) {
+        if let Some(cg) = c.cgroup.get() {
+            if let Err(e) = self.oom.add(&c.id, cg) {
+                log::warn!("container {}: not watching for OOM kills: {e}", c.id);
+            }
+        }
+    }
+
+    fn do_checkpoint(&self, req: CheckpointTaskRequest) -> Result<Empty> {
+        let c = self.container(&req.id)?;
+        match c.init.state() {
+            State::Running | State::Paused => {}
+            s => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot checkpoint a container whose init is {s:?}"
+                )))
+            }
+        }
+        let opts = match req.options.as_ref() {
+            Some(a) => crate::options::checkpoint_from_any(&a.type_url, &a.value)?,
+            None => Default::default(),
+        };
+        c.checkpoint(&req.path, &opts)?;
+        Ok(Empty::new())
+    }
+
     fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
         if !p.is_init() {
@@ -312,7 +334,15 @@ impl Service {
         }
         p.begin_start()?;
         let sub = self.pre_start(Some(&p));
-        if let Err(e) = c.runc.start(&c.id) {
+        if c.restore_pending() {
+            if let Err(e) = c.start_restore(&self.relay) {
+                // Nothing runs: the task stays created, with no process to track.
+                drop(sub);
+                p.end_start(false);
+                return Err(e);
+            }
+            self.watch_oom(&c);
+        } else if let Err(e) = c.runc.start(&c.id) {
             p.end_start(false);
             self.handle_started(sub, &p);
             return Err(e);
@@ -693,7 +723,7 @@ impl Service {
         let c = self.container(&req.id)?;
         let cg = c
             .cgroup
-            .as_ref()
+            .get()
             .ok_or_else(|| Error::NotFound(format!("container {} has no cgroup", c.id)))?;
         Ok(StatsResponse {
             stats: Some(crate::stats::metrics(cg)?).into(),
@@ -736,10 +766,6 @@ fn log_result<T>(rpc: &str, id: &str, r: Result<T>) -> ttrpc::Result<T> {
     })
 }
 
-fn unimplemented<T>(rpc: &str) -> ttrpc::Result<T> {
-    Err(Error::Unimplemented(format!("{rpc} is not implemented by this shim yet")).into())
-}
-
 impl Task for Service {
     fn state(&self, _: &ttrpc::TtrpcContext, r: StateRequest) -> ttrpc::Result<StateResponse> {
         let id = r.id.clone();
@@ -772,8 +798,9 @@ impl Task for Service {
         let id = r.id.clone();
         log_result("Resume", &id, self.do_resume(r))
     }
-    fn checkpoint(&self, _: &ttrpc::TtrpcContext, _: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Checkpoint")
+    fn checkpoint(&self, _: &ttrpc::TtrpcContext, r: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        let id = r.id.clone();
+        log_result("Checkpoint", &id, self.do_checkpoint(r))
     }
     fn kill(&self, _: &ttrpc::TtrpcContext, r: KillRequest) -> ttrpc::Result<Empty> {
         let id = r.id.clone();

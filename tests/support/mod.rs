@@ -1,0 +1,126 @@
+//! Helpers for the robustness tests (tests/stress.rs, tests/faults.rs, tests/bad_input.rs), on top of
+//! tests/common (which they do not change):
+//!
+//! - `procs`: figures of a process from /proc (threads, RSS, fds, children, zombies), finding shims;
+//! - `restart`: stopping the harness's containerd and starting it again with the same config;
+//! - `shim`: a shim daemon started by hand (`shim start` in a temp bundle), for ttrpc from the test;
+//! - `ttrpc_raw`: ttrpc frames written and read by hand (unknown methods, malformed payloads).
+//!
+//! Each test file says `mod common; mod support;`.
+#![allow(dead_code)] // each test file uses a different part
+
+pub mod procs;
+pub mod restart;
+pub mod shim;
+pub mod ttrpc_raw;
+
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Runs `cmd` to completion with its output collected; kills it and returns Err after `timeout`.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let status = wait_bounded(&mut child, timeout).ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}"))?;
+    let grace = Duration::from_secs(5);
+    Ok(Output {
+        status,
+        stdout: out.recv_timeout(grace).unwrap_or_default(),
+        stderr: err.recv_timeout(grace).unwrap_or_default(),
+    })
+}
+
+/// Reads `r` to its end on a thread; the receiver gets everything once it is done.
+pub fn drain(r: Option<Box<dyn Read + Send>>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Waits for `child` for at most `timeout`; on timeout kills it (and reaps it) and returns None.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passed (then the last None is returned as Err with
+/// what `describe` says about the state).
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `sig` to `pid` (a process this test started, directly or through containerd).
+pub fn signal(pid: u32, sig: i32) {
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// A child process killed (and reaped) when dropped: background ctr commands, script(1), ...
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Shell-quotes one word for `sh -c` / script(1).
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lines of `ctr events` output for topic `topic` (e.g. "/tasks/exit") that mention container `id`.
+pub fn event_lines<'a>(events: &'a str, topic: &str, id: &str) -> Vec<&'a str> {
+    let needle = format!("\"container_id\":\"{id}\"");
+    events
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == topic) && l.contains(&needle))
+        .collect()
+}
+
+/// The integer field `"name":N` of a `ctr events` JSON payload (absent means 0, as protobuf omits it).
+pub fn event_field(line: &str, name: &str) -> i64 {
+    let key = format!("\"{name}\":");
+    line.find(&key)
+        .map(|i| {
+            line[i + key.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect::<String>()
+        })
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! Stopping the harness's containerd and starting another one on the same config, root, state and
+//! socket: what a containerd restart (upgrade, crash, systemctl restart) looks like to a shim.
+//!
+//! tests/common owns the first containerd (`Containerd`, a `Child` it reaps on drop); it has no
+//! restart API. `stop` sends that process SIGTERM (found through its `--config <dir>/config.toml`
+//! argv) and `Restarted::start` runs `containerd --config <dir>/config.toml` again with the same
+//! PATH. The `Restarted` guard, dropped before the `Containerd` it borrows, removes tasks and
+//! containers through the new containerd and stops it; the harness's own Drop then finds its child
+//! gone and does the rest (shims, runc state, cgroups, mounts, temp dir).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::procs;
+use crate::common::{Containerd, SHIM_BIN};
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn config_path(c: &Containerd) -> PathBuf {
+    c.dir.join("config.toml")
+}
+
+/// The pid of the containerd serving `c` (any generation), if one runs.
+pub fn containerd_pid(c: &Containerd) -> Option<u32> {
+    let config = config_path(c).to_string_lossy().into_owned();
+    procs::find(|a| a[0].ends_with("containerd") && a.iter().any(|x| *x == config))
+        .into_iter()
+        .next()
+}
+
+/// SIGTERM to the running containerd of `c`; waits (≤ 20 s) until it is gone or a zombie. Returns
+/// its pid.
+pub fn stop(c: &Containerd) -> u32 {
+    let pid = containerd_pid(c).expect("containerd is running");
+    super::signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while procs::alive(pid) {
+        if Instant::now() > deadline {
+            super::signal(pid, libc::SIGKILL);
+            panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pid
+}
+
+/// A containerd this test started on the config of `c`; stopped (after its tasks are removed) when
+/// dropped.
+pub struct Restarted<'a> {
+    c: &'a Containerd,
+    child: Child,
+}
+
+impl<'a> Restarted<'a> {
+    pub fn start(c: &'a Containerd) -> Restarted<'a> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(c.dir.join("containerd.log"))
+            .expect("open containerd.log");
+        let shim_dir = Path::new(SHIM_BIN).parent().expect("shim dir");
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(config_path(c))
+            .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        let mut r = Restarted { c, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = r.child.try_wait() {
+                panic!("restarted containerd exited ({st}); log:\n{}", c.log_tail(40));
+            }
+            let mut cmd = Command::new("ctr");
+            cmd.args(["--address", &c.address, "version"]);
+            if matches!(super::run_bounded(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!("restarted containerd not ready in 30 s; log:\n{}", c.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ctr_quiet(&self, args: &[&str]) -> Option<String> {
+        let mut cmd = Command::new("ctr");
+        cmd.args(["--address", &self.c.address, "-n", &self.c.namespace]).args(args);
+        super::run_bounded(cmd, Duration::from_secs(15))
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+}
+
+impl Drop for Restarted<'_> {
+    fn drop(&mut self) {
+        // Never panics: this also runs while a failed test unwinds.
+        if let Ok(None) = self.child.try_wait() {
+            for id in self.ctr_quiet(&["tasks", "ls", "-q"]).unwrap_or_default().split_whitespace() {
+                let _ = self.ctr_quiet(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+                let _ = self.ctr_quiet(&["tasks", "rm", "-f", id]);
+            }
+            for id in self
+                .ctr_quiet(&["containers", "ls", "-q"])
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                let _ = self.ctr_quiet(&["containers", "rm", id]);
+            }
+            super::signal(self.child.id(), libc::SIGTERM);
+            if super::wait_bounded(&mut self.child, Duration::from_secs(10)).is_none() {
+                eprintln!("restarted containerd ignored SIGTERM; killed it");
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
