@@ -9,7 +9,7 @@ use crate::cli::Flags;
 use crate::error::{Context, Result};
 use crate::events::{Containerd, Publisher};
 use crate::protos::shim::shim_ttrpc::create_task;
-use crate::service::Service;
+use crate::service::{Msg, Service};
 use crate::stdio::relay::Relay;
 
 /// Points stderr (and so the logger and any panic message) at the bundle's `log` fifo.
@@ -44,26 +44,29 @@ pub fn run(flags: &Flags) -> Result<()> {
         ));
     };
 
-    let (shutdown_tx, shutdown_rx) = channel::<()>();
-    let on_term = shutdown_tx.clone();
+    let (tx, rx) = channel::<Msg>();
+    let on_term = tx.clone();
     crate::reaper::start_signal_thread(Some(Box::new(move || {
-        let _ = on_term.send(());
+        let _ = on_term.send(Msg::Shutdown);
     })))
     .ctx(|| "installing signal handlers")?;
     let relay = Relay::start().ctx(|| "starting the io thread")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
-    let service = Service::start(&flags.namespace, events, relay, shutdown_tx).ctx(|| "starting the task service")?;
+    let service = Service::start(&flags.namespace, events, relay, tx).ctx(|| "starting the task service")?;
 
+    // One worker per connection waits for requests; each request in progress (a Wait blocks for the
+    // task's lifetime) gets one more, and idle extras leave. ttrpc's own defaults keep 3 to 5 idle.
     let mut server = ttrpc::Server::new()
         .add_listener(listener)
         .map_err(|e| crate::error::Error::Other(format!("ttrpc listener: {e}")))?
         .register_service(create_task(service.clone()))
         .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(4);
+        .set_thread_count_default(1)
+        .set_thread_count_max(1);
+    // start() insists on min < default < max; start_listen() takes the 1/1/1 pool as it is.
     server
-        .start()
+        .start_listen()
         .map_err(|e| crate::error::Error::Other(format!("starting the ttrpc server: {e}")))?;
     log::info!(
         "shim {} serving {} in namespace {}",
@@ -72,7 +75,7 @@ pub fn run(flags: &Flags) -> Result<()> {
         flags.namespace
     );
 
-    let _ = shutdown_rx.recv();
+    service.run(rx);
     log::info!("shutting down");
     service.events().flush(Duration::from_secs(5));
     if !flags.socket.is_empty() {

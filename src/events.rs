@@ -2,7 +2,7 @@
 //! ordered queue by one thread. A failed forward is retried (reconnecting) before the next event is
 //! sent, so retries never reorder events; after the last retry the event is dropped and logged.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +16,8 @@ use crate::protos::shim::events_ttrpc::EventsClient;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 5;
+/// How long the connection to containerd outlives the last event.
+const IDLE_DISCONNECT: Duration = Duration::from_secs(2);
 
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -42,6 +44,8 @@ enum Item {
 /// Where envelopes go: containerd, or a test's recorder.
 pub trait Sink: Send + 'static {
     fn forward(&mut self, env: &Envelope) -> Result<(), String>;
+    /// Nothing to send for a while: release what is not needed until the next event.
+    fn idle(&mut self) {}
 }
 
 pub struct Publisher {
@@ -51,11 +55,16 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(namespace: &str, sink: impl Sink) -> Publisher {
+        Publisher::with_idle(namespace, sink, IDLE_DISCONNECT)
+    }
+
+    /// As `new`, with how long the sink may stay idle before it is told so.
+    pub fn with_idle(namespace: &str, sink: impl Sink, idle: Duration) -> Publisher {
         let (tx, rx) = channel();
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(128 * 1024)
-            .spawn(move || forward_loop(rx, sink))
+            .spawn(move || forward_loop(rx, sink, idle))
             .expect("spawning the events thread");
         Publisher {
             tx: Mutex::new(tx),
@@ -94,8 +103,21 @@ impl Publisher {
     }
 }
 
-fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink) {
-    for item in rx {
+fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration) {
+    loop {
+        let item = match rx.recv_timeout(idle) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => {
+                // ttrpc's sync client polls its socket every 10 ms while connected: an idle shim
+                // must not hold it open.
+                sink.idle();
+                match rx.recv() {
+                    Ok(item) => item,
+                    Err(_) => return,
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         match item {
             Item::Flush(done) => {
                 let _ = done.send(());
@@ -138,6 +160,10 @@ impl Containerd {
 }
 
 impl Sink for Containerd {
+    fn idle(&mut self) {
+        self.client = None;
+    }
+
     fn forward(&mut self, env: &Envelope) -> Result<(), String> {
         if self.address == "unix://" {
             return Err("TTRPC_ADDRESS is not set: no way to reach containerd".into());
@@ -173,6 +199,10 @@ pub mod tests {
     }
 
     impl Sink for Recorder {
+        fn idle(&mut self) {
+            self.seen.lock().unwrap().push("idle".into());
+        }
+
         fn forward(&mut self, env: &Envelope) -> Result<(), String> {
             if self.fail > 0 {
                 self.fail -= 1;
@@ -207,6 +237,31 @@ pub mod tests {
                 "/tasks/create containerd.events.TaskCreate",
                 "/tasks/start containerd.events.TaskStart",
                 "/tasks/exit containerd.events.TaskExit",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_idle_sink_is_told_once_per_quiet_spell() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let p = Publisher::with_idle(
+            "ns",
+            Recorder {
+                seen: seen.clone(),
+                fail: 0,
+            },
+            Duration::from_millis(50),
+        );
+        p.publish("/tasks/create", &TaskCreate::new());
+        std::thread::sleep(Duration::from_millis(300));
+        p.publish("/tasks/start", &TaskStart::new());
+        assert!(p.flush(Duration::from_secs(5)));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                "/tasks/create containerd.events.TaskCreate",
+                "idle",
+                "/tasks/start containerd.events.TaskStart"
             ]
         );
     }

@@ -23,7 +23,7 @@ pub struct Exit {
 
 struct State {
     waiters: Vec<(u32, Sender<u32>)>,
-    monitor: Option<Sender<Exit>>,
+    monitor: Option<Box<dyn Fn(Exit) + Send>>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -36,8 +36,8 @@ fn lock() -> std::sync::MutexGuard<'static, State> {
 }
 
 /// Routes exits of processes not spawned through [`spawn`] (container processes) to `tx`.
-pub fn set_monitor(tx: Sender<Exit>) {
-    lock().monitor = Some(tx);
+pub fn set_monitor(f: Box<dyn Fn(Exit) + Send>) {
+    lock().monitor = Some(f);
 }
 
 /// Collects every exited child. Called from the signal thread on SIGCHLD.
@@ -60,7 +60,7 @@ pub fn reap() {
             let (_, tx) = st.waiters.swap_remove(i);
             let _ = tx.send(status);
         } else if let Some(m) = &st.monitor {
-            let _ = m.send(Exit { pid, status });
+            m(Exit { pid, status });
         }
     }
 }
@@ -152,7 +152,9 @@ mod tests {
     fn exits_reach_the_waiter_and_the_monitor() {
         start_signal_thread(None).unwrap();
         let (tx, rx) = channel();
-        set_monitor(tx);
+        set_monitor(Box::new(move |e| {
+            let _ = tx.send(e);
+        }));
         let ok = spawn(Command::new("true").arg("")).unwrap();
         assert_eq!(ok.wait(), 0);
         let three = spawn(Command::new("sh").args(["-c", "exit 3"])).unwrap();

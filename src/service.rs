@@ -4,7 +4,7 @@
 //! never lost and never published before its start. No lock is held across a runc call.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -39,6 +39,12 @@ struct Lifecycle {
     pending_init: HashMap<String, (Arc<Process>, u32)>,
 }
 
+/// What the daemon's main thread waits for.
+pub enum Msg {
+    Exit(Exit),
+    Shutdown,
+}
+
 pub struct Service {
     namespace: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -46,7 +52,7 @@ pub struct Service {
     events: Arc<Publisher>,
     oom: OomWatcher,
     relay: Relay,
-    shutdown: Mutex<Sender<()>>,
+    shutdown: Mutex<Sender<Msg>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,13 +72,9 @@ impl Drop for Subscription<'_> {
 }
 
 impl Service {
-    /// Creates the service and its exit handler, which takes every container exit from the reaper.
-    pub fn start(
-        namespace: &str,
-        events: Publisher,
-        relay: Relay,
-        shutdown: Sender<()>,
-    ) -> std::io::Result<Arc<Service>> {
+    /// Creates the service. Exits reach it through [`Msg::Exit`] on the channel that [`Service::run`]
+    /// serves; the reaper is pointed at that channel here.
+    pub fn start(namespace: &str, events: Publisher, relay: Relay, tx: Sender<Msg>) -> std::io::Result<Arc<Service>> {
         let events = Arc::new(events);
         let publisher = events.clone();
         let oom = OomWatcher::start(Box::new(move |id: &str| {
@@ -85,28 +87,30 @@ impl Service {
                 },
             );
         }))?;
-        let svc = Arc::new(Service {
+        let exits = tx.clone();
+        reaper::set_monitor(Box::new(move |e| {
+            let _ = exits.send(Msg::Exit(e));
+        }));
+        Ok(Arc::new(Service {
             namespace: namespace.to_string(),
             containers: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(Lifecycle::default()),
             events,
             oom,
             relay,
-            shutdown: Mutex::new(shutdown),
-        });
-        let (tx, rx) = channel();
-        reaper::set_monitor(tx);
-        let s = svc.clone();
-        std::thread::Builder::new()
-            .name("exits".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                for e in rx {
-                    s.on_exit(e);
-                }
-            })
-            .expect("spawning the exit handler");
-        Ok(svc)
+            shutdown: Mutex::new(tx),
+        }))
+    }
+
+    /// Handles container exits until shutdown is asked for (Shutdown with no task left, SIGTERM).
+    /// Runs on the daemon's main thread.
+    pub fn run(&self, rx: Receiver<Msg>) {
+        for m in rx {
+            match m {
+                Msg::Exit(e) => self.on_exit(e),
+                Msg::Shutdown => return,
+            }
+        }
     }
 
     pub fn events(&self) -> &Publisher {
@@ -695,7 +699,7 @@ impl Service {
 
     fn do_shutdown(&self, _req: ShutdownRequest) -> Result<Empty> {
         if self.is_empty() {
-            let _ = lock(&self.shutdown).send(());
+            let _ = lock(&self.shutdown).send(Msg::Shutdown);
         }
         Ok(Empty::new())
     }
