@@ -6,7 +6,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 BIN := target/release/containerd-shim-rustrunc-v2
 
-.PHONY: all build deps demo test unit integration lint install clean
+.PHONY: all build deps demo test unit integration lint install clean bench stress fuzz
 
 all: build
 
@@ -38,3 +38,7 @@ install: build
 
 clean:
 	$(CARGO) clean
+
+# Benchmark against Debian's Go shim on one private containerd (ratios; `BENCH_ARGS=--quick` for < 1 min).
+bench: deps build
+	bash bench/run.sh $(BENCH_ARGS)
