@@ -1,5 +1,6 @@
 //! Daemon mode: the long-running shim that serves ttrpc to containerd.
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::channel;
 use std::time::Duration;
@@ -25,6 +26,51 @@ fn open_log() {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// containerd 2.x speaks `containerd.task.v3.Task` to shims that serve it: the messages are the same as
+/// v2's, only the service name differs.
+fn task_v3(
+    v2: HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>>,
+) -> HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
+    v2.into_iter()
+        .map(|(path, h)| {
+            (
+                path.replacen("/containerd.task.v2.Task/", "/containerd.task.v3.Task/", 1),
+                h,
+            )
+        })
+        .collect()
+}
+
+/// Refuses connections from another user (SO_PEERCRED), as the Go shim's UnixSocketRequireSameUser.
+#[derive(Debug)]
+struct SameUser;
+
+impl ttrpc::AcceptHook for SameUser {
+    fn on_accept(&self, fd: std::os::fd::RawFd) -> std::result::Result<ttrpc::HookOutput, ttrpc::HookError> {
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let cred = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(|e| ttrpc::HookError::Rejected(format!("reading the peer's credentials: {e}")))?;
+        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        if cred.uid() != uid || cred.gid() != gid {
+            log::warn!(
+                "refusing a connection from uid {} gid {} (pid {})",
+                cred.uid(),
+                cred.gid(),
+                cred.pid()
+            );
+            return Err(ttrpc::HookError::Rejected(format!(
+                "peer uid {} gid {} is not {uid}:{gid}",
+                cred.uid(),
+                cred.gid()
+            )));
+        }
+        Ok(ttrpc::HookOutput {
+            data: Default::default(),
+            payload_transform: None,
+        })
+    }
+}
 
 pub fn run(flags: &Flags) -> Result<()> {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
@@ -61,6 +107,8 @@ pub fn run(flags: &Flags) -> Result<()> {
         .add_listener(listener)
         .map_err(|e| crate::error::Error::Other(format!("ttrpc listener: {e}")))?
         .register_service(create_task(service.clone()))
+        .register_service(task_v3(create_task(service.clone())))
+        .set_accept_hook(SameUser)
         .set_thread_count_min(1)
         .set_thread_count_default(1)
         .set_thread_count_max(1);

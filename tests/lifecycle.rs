@@ -5,7 +5,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::events::{wait_child, Events};
+use common::events::{wait_child, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME, SHIM_BIN};
 use sha2::{Digest, Sha256};
 
@@ -481,4 +481,80 @@ fn delete_action_is_idempotent_and_prints_a_delete_response() {
         assert_eq!(o.stdout[6], 0x1a, "exited_at present");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn task_v3_service_and_other_users_refused() {
+    use protobuf::Message;
+    use std::os::unix::fs::PermissionsExt;
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("v3");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    let bundle = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(&id);
+    let address = read_trim(bundle.join("address"));
+    let socket = address.trim_start_matches("unix://").to_string();
+
+    // containerd 2.x's task API v3 is served beside v2, same messages.
+    let client = ttrpc::Client::connect(&address).unwrap();
+    let req = containerd_shim_rustrunc_v2::protos::shim::shim::ConnectRequest {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let r = client
+        .request(ttrpc::Request {
+            service: "containerd.task.v3.Task".into(),
+            method: "Connect".into(),
+            payload: req.write_to_bytes().unwrap(),
+            timeout_nano: 10_000_000_000,
+            ..Default::default()
+        })
+        .expect("v3 Connect");
+    let resp = containerd_shim_rustrunc_v2::protos::shim::shim::ConnectResponse::parse_from_bytes(&r.payload).unwrap();
+    assert_eq!(resp.shim_pid, shim_pid(&id).unwrap());
+    drop(client);
+
+    // Another user is refused even where the socket's mode would let it in (SO_PEERCRED). The socket
+    // directory is 0700: reach the socket through a hard link in an open directory.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let open_dir = c.dir.join("open");
+    std::fs::create_dir_all(&open_dir).unwrap();
+    std::fs::set_permissions(&c.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let link = open_dir.join("shim.sock");
+    std::fs::hard_link(&socket, &link).unwrap();
+    let probe = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.settimeout(5)\n\
+        body=bytes([10,23])+b'containerd.task.v2.Task'+bytes([18,7])+b'Connect'\n\
+        try:\n s.sendall(len(body).to_bytes(4,'big')+(1).to_bytes(4,'big')+bytes([1,0])+body)\n r=s.recv(4096)\n\
+        except (ConnectionResetError, BrokenPipeError):\n r=b''\n\
+        print('closed' if r==b'' else 'answered')";
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            probe,
+        ])
+        .arg(&link)
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "closed", "{o:?}");
+    // The shim is still serving its own user.
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&c, &id, "STOPPED");
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_clean(&c);
 }
