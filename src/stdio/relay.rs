@@ -144,7 +144,9 @@ enum Pump {
 /// What an error reading the source means.
 fn src_error(a: &Active, e: Errno) -> Pump {
     match e {
-        Errno::EAGAIN if a.finishing => Pump::Done,
+        // A console's last bytes may still be on their way from the closed slave: only EIO says all
+        // of them were read.
+        Errno::EAGAIN if a.finishing && !a.s.console_src => Pump::Done,
         Errno::EAGAIN => Pump::WaitSrc,
         Errno::EIO if a.s.console_src && !a.finishing => Pump::Dormant,
         Errno::EIO if a.s.console_src => Pump::Done,
