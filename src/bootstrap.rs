@@ -251,6 +251,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     if let Err(e) = crate::mount::unmount_recursive(&bundle.join("rootfs")) {
         eprintln!("warning: {e}");
     }
+    remove_dead_socket(&bundle);
     let pid = read_pid(&bundle.join("init.pid")).unwrap_or(0);
     let resp = DeleteResponse {
         pid,
@@ -259,6 +260,27 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
         ..Default::default()
     };
     Ok(resp.write_to_bytes().unwrap_or_default())
+}
+
+/// A shim killed with SIGKILL could not remove its socket: remove it now, unless a shim (of the same
+/// pod) still listens on it.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        return; // gone already, or not a socket: nothing of ours
+    }
+    match UnixStream::connect(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            let _ = fs::remove_file(path);
+        }
+        _ => {}
+    }
 }
 
 pub fn print(bytes: &[u8]) {

@@ -558,3 +558,54 @@ fn task_v3_service_and_other_users_refused() {
     c.ctr_ok(&["containers", "rm", &id]);
     assert_clean(&c);
 }
+
+#[test]
+fn sigkill_of_the_shim_is_cleaned_up_by_shim_delete() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("shimkill");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    let pid = shim_pid(&id).expect("shim process");
+    let bundle = c
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(&id);
+    let socket = read_trim(bundle.join("address"))
+        .trim_start_matches("unix://")
+        .to_string();
+    let ls = c.ctr_ok(&["task", "ls"]);
+    let cpid: i32 = ls
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // containerd sees the connection drop and runs `shim delete`: runc delete --force, unmount, socket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id)) {
+        assert!(Instant::now() < deadline, "task still listed after the shim was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{cpid}")).exists()
+        && read_trim(format!("/proc/{cpid}/stat")).split(' ').nth(2) != Some("Z")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the container's process outlived its shim's cleanup"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&socket).exists() {
+        assert!(Instant::now() < deadline, "dead shim's socket {socket} left behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_clean(&c);
+}
