@@ -5,13 +5,18 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 BIN := target/release/containerd-shim-rustrunc-v2
+HOST ?= $(shell rustc -vV | sed -n 's/^host: //p')
 
 .PHONY: all build deps demo test unit integration lint install clean bench stress fuzz
 
 all: build
 
+# Statically linked (glibc static-pie): no shared libc mapped into every shim, about 1 MiB less RSS
+# each. --target keeps the flag off build scripts and proc-macros. The result is copied to $(BIN).
 build:
-	$(CARGO) build --release
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST)
+	mkdir -p target/release
+	cp --remove-destination target/$(HOST)/release/containerd-shim-rustrunc-v2 $(BIN)
 
 deps:
 	bash scripts/install-deps.sh

@@ -12,6 +12,7 @@ PKGS=(
   runc            # OCI runtime driven by the shim
   crun            # second OCI runtime, for runtime-selection tests
   busybox-static  # /bin/busybox: the only binary in the test image
+  libc6-dev       # libc.a: `make build` links the shim statically
   criu            # checkpoint/restore (runc Recommends it anyway)
   tar gzip coreutils  # test-fixtures/build-image.sh (tar, gzip, sha256sum)
   procps util-linux   # kill, ps, umount -l: harness cleanup

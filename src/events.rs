@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::timestamp::Timestamp;
-use protobuf::MessageFull;
 
 use crate::protos::shim::event::Envelope;
 use crate::protos::shim::events::ForwardRequest;
@@ -27,11 +26,44 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     ts
 }
 
-/// Packs a message the way containerd's typeurl does for its event types: the type URL is the proto
-/// full name, with no prefix.
-pub fn to_any<M: MessageFull>(m: &M) -> Any {
+/// A message's proto full name, which containerd's typeurl uses as the type URL of its event types
+/// (no prefix). Spelled out rather than read through protobuf reflection: building the descriptor pool
+/// on first use costs milliseconds of CPU and heap in every shim.
+pub trait Named: protobuf::Message {
+    const TYPE_URL: &'static str;
+}
+
+macro_rules! named {
+    ($($t:ty => $n:literal),* $(,)?) => {
+        $(impl Named for $t { const TYPE_URL: &'static str = $n; })*
+        /// Every Named type's name against reflection (tests only).
+        #[cfg(test)]
+        fn named_vs_reflection() -> Vec<(&'static str, String)> {
+                        vec![$(($n, <$t as protobuf::MessageFull>::descriptor().full_name().to_string())),*]
+        }
+    };
+}
+
+named! {
+    crate::protos::events::task::TaskCreate => "containerd.events.TaskCreate",
+    crate::protos::events::task::TaskStart => "containerd.events.TaskStart",
+    crate::protos::events::task::TaskDelete => "containerd.events.TaskDelete",
+    crate::protos::events::task::TaskExit => "containerd.events.TaskExit",
+    crate::protos::events::task::TaskOOM => "containerd.events.TaskOOM",
+    crate::protos::events::task::TaskExecAdded => "containerd.events.TaskExecAdded",
+    crate::protos::events::task::TaskExecStarted => "containerd.events.TaskExecStarted",
+    crate::protos::events::task::TaskPaused => "containerd.events.TaskPaused",
+    crate::protos::events::task::TaskResumed => "containerd.events.TaskResumed",
+    crate::protos::shim::oci::ProcessDetails => "containerd.runc.v1.ProcessDetails",
+    crate::protos::shim::oci::Options => "containerd.runc.v1.Options",
+    crate::protos::cgroups_v1::metrics::Metrics => "io.containerd.cgroups.v1.Metrics",
+    crate::protos::cgroups_v2::metrics::Metrics => "io.containerd.cgroups.v2.Metrics",
+}
+
+/// Packs a message as an Any with its proto full name as the type URL.
+pub fn to_any<M: Named>(m: &M) -> Any {
     let mut a = Any::new();
-    a.type_url = M::descriptor().full_name().to_string();
+    a.type_url = M::TYPE_URL.to_string();
     a.value = m.write_to_bytes().unwrap_or_default();
     a
 }
@@ -73,7 +105,7 @@ impl Publisher {
     }
 
     /// Queues an event; events are delivered in the order of these calls.
-    pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
+    pub fn publish<M: Named>(&self, topic: &str, event: &M) {
         let mut env = Envelope::new();
         env.timestamp = Some(timestamp(SystemTime::now())).into();
         env.namespace = self.namespace.clone();
@@ -264,6 +296,13 @@ pub mod tests {
                 "/tasks/start containerd.events.TaskStart"
             ]
         );
+    }
+
+    #[test]
+    fn names_match_the_protos() {
+        for (name, reflected) in named_vs_reflection() {
+            assert_eq!(name, reflected);
+        }
     }
 
     #[test]
