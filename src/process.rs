@@ -16,6 +16,7 @@ pub enum State {
     Running,
     Pausing,
     Paused,
+    Resuming,
     Stopped,
     Deleting,
     Deleted,
@@ -57,6 +58,7 @@ fn state_name(s: State) -> &'static str {
         State::Running => "running",
         State::Pausing => "pausing",
         State::Paused => "paused",
+        State::Resuming => "resuming",
         State::Stopped => "stopped",
         State::Deleting => "deleting",
         State::Deleted => "deleted",
@@ -121,7 +123,7 @@ impl Process {
             State::Created | State::Starting => Status::CREATED,
             State::Running => Status::RUNNING,
             State::Pausing => Status::PAUSING,
-            State::Paused => Status::PAUSED,
+            State::Paused | State::Resuming => Status::PAUSED,
             State::Stopped | State::Deleting | State::Deleted => Status::STOPPED,
         }
     }
@@ -180,7 +182,7 @@ impl Process {
     pub fn set_exited(&self, status: u32) -> bool {
         let mut g = self.lock();
         match g.state {
-            State::Created | State::Starting | State::Running | State::Pausing | State::Paused => {
+            State::Created | State::Starting | State::Running | State::Pausing | State::Paused | State::Resuming => {
                 g.state = State::Stopped;
                 g.exit = Some(ExitInfo {
                     status,
@@ -233,15 +235,17 @@ impl Process {
         }
     }
 
-    /// Paused -> Running once `runc resume` succeeded.
-    pub fn resume_checked(&self, resume: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// Paused -> Resuming (while `runc resume` runs).
+    pub fn begin_resume(&self) -> Result<()> {
+        self.transition("resume", State::Paused, State::Resuming)
+    }
+
+    /// Resuming -> Running, or back to Paused when the resume failed.
+    pub fn end_resume(&self, ok: bool) {
         let mut g = self.lock();
-        if g.state != State::Paused {
-            return Err(self.refuse("resume", g.state));
+        if g.state == State::Resuming {
+            g.state = if ok { State::Running } else { State::Paused };
         }
-        resume()?;
-        g.state = State::Running;
-        Ok(())
     }
 
     fn transition(&self, op: &str, from: State, to: State) -> Result<()> {
@@ -332,11 +336,18 @@ mod tests {
             matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))),
             "paused cannot be deleted"
         );
-        assert!(p.resume_checked(|| Err(Error::Other("runc failed".into()))).is_err());
+        p.begin_resume().unwrap();
+        assert_eq!(p.status(), Status::PAUSED);
+        assert!(
+            matches!(p.begin_resume(), Err(Error::FailedPrecondition(_))),
+            "resume while resuming"
+        );
+        p.end_resume(false);
         assert_eq!(p.status(), Status::PAUSED, "a failed resume keeps it paused");
-        p.resume_checked(|| Ok(())).unwrap();
+        p.begin_resume().unwrap();
+        p.end_resume(true);
         assert_eq!(p.status(), Status::RUNNING);
-        assert!(matches!(p.resume_checked(|| Ok(())), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(p.begin_resume(), Err(Error::FailedPrecondition(_))));
         p.begin_pause().unwrap();
         p.end_pause(true);
         assert!(p.set_exited(137), "a paused process can still exit (SIGKILL)");

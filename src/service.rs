@@ -547,7 +547,10 @@ impl Service {
 
     fn do_resume(&self, req: ResumeRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
-        c.init.resume_checked(|| c.runc.resume(&c.id))?;
+        c.init.begin_resume()?;
+        let r = c.runc.resume(&c.id);
+        c.init.end_resume(r.is_ok());
+        r?;
         self.events.publish(
             "/tasks/resumed",
             &ev::TaskResumed {
