@@ -751,14 +751,29 @@ impl Drop for ShimWatcher {
 // ---- /proc, mounts, cgroups ---------------------------------------------
 
 fn shim_daemons(address: &str, dir: &Path) -> Vec<(u32, String)> {
-    shim_processes(address, dir)
+    let shims: Vec<(u32, Vec<String>)> = shim_processes(address, dir)
         .into_iter()
         .filter(|(_, argv)| {
             argv.first().is_some_and(|a0| a0.ends_with(SHIM_NAME))
                 && !argv.iter().any(|a| a == "start" || a == "delete")
         })
+        .collect();
+    // A daemon forking runc shows up twice for a moment: the child still has the daemon's argv
+    // until it execs. Children of a listed daemon are not daemons.
+    let pids: Vec<u32> = shims.iter().map(|(p, _)| *p).collect();
+    shims
+        .into_iter()
+        .filter(|(pid, _)| !parent_of(*pid).is_some_and(|pp| pids.contains(&pp)))
         .map(|(pid, argv)| (pid, argv.join(" ")))
         .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 fn dir_entries(dir: &Path) -> Vec<PathBuf> {
