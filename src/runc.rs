@@ -120,6 +120,23 @@ impl Runc {
         }
     }
 
+    /// Runs a command that starts a process (create, exec, restore): its stdio are the process's own,
+    /// so there is no output to read; errors come from `log.json`.
+    fn run_with_stdio(&self, args: &[&str], stdio: [Stdio; 3]) -> Result<()> {
+        let _ = fs::remove_file(&self.log);
+        let mut cmd = self.command(args);
+        let [i, out, err] = stdio;
+        cmd.stdin(i).stdout(out).stderr(err);
+        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
+        // Closes our copies of the process's stdio now, not when this function returns.
+        drop(cmd);
+        let status = sp.wait();
+        if status != 0 {
+            return Err(self.failure(args[0], status, b""));
+        }
+        Ok(())
+    }
+
     /// `runc create`: the container's stdio are given as the child's fds 0, 1, 2.
     pub fn create(&self, id: &str, o: &CreateOpts, stdio: [Stdio; 3]) -> Result<()> {
         let mut args: Vec<&str> = vec!["create", "--bundle"];
@@ -139,18 +156,7 @@ impl Runc {
             args.push("--no-new-keyring");
         }
         args.push(id);
-        let _ = fs::remove_file(&self.log);
-        let mut cmd = self.command(&args);
-        let [i, out, err] = stdio;
-        cmd.stdin(i).stdout(out).stderr(err);
-        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error("create", e))?;
-        // runc's stdio are the container's: nothing to read here.
-        drop(cmd);
-        let status = sp.wait();
-        if status != 0 {
-            return Err(self.failure("create", status, b""));
-        }
-        Ok(())
+        self.run_with_stdio(&args, stdio)
     }
 
     /// `runc exec --detach`: the process spec is read from `process` (a JSON file).
@@ -170,16 +176,7 @@ impl Runc {
             args.extend(["--console-socket", c]);
         }
         args.push(id);
-        let mut cmd = self.command(&args);
-        let [i, out, err] = stdio;
-        cmd.stdin(i).stdout(out).stderr(err);
-        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error("exec", e))?;
-        drop(cmd);
-        let status = sp.wait();
-        if status != 0 {
-            return Err(self.failure("exec", status, b""));
-        }
-        Ok(())
+        self.run_with_stdio(&args, stdio)
     }
 
     /// `runc ps --format json`: the pids in the container.
@@ -207,17 +204,7 @@ impl Runc {
     pub fn restore(&self, id: &str, o: &RestoreOpts, stdio: [Stdio; 3]) -> Result<()> {
         let args = restore_args(id, o);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let _ = fs::remove_file(&self.log);
-        let mut cmd = self.command(&args);
-        let [i, out, err] = stdio;
-        cmd.stdin(i).stdout(out).stderr(err);
-        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error("restore", e))?;
-        drop(cmd);
-        let status = sp.wait();
-        if status != 0 {
-            return Err(self.failure("restore", status, b""));
-        }
-        Ok(())
+        self.run_with_stdio(&args, stdio)
     }
 
     /// `runc update --resources=-`: the LinuxResources JSON on stdin.
