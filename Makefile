@@ -47,3 +47,12 @@ clean:
 # Benchmark against Debian's Go shim on one private containerd (ratios; `BENCH_ARGS=--quick` for < 1 min).
 bench: deps build
 	bash bench/run.sh $(BENCH_ARGS)
+
+# The long robustness tests (1,000 lifecycles and execs, 20 x 16 MiB, races, faults); CI runs them too.
+stress: deps
+	bash scripts/stress.sh
+
+# The decoders under cargo-fuzz, FUZZ_SECONDS each (installs cargo-fuzz from crates.io if missing).
+FUZZ_SECONDS ?= 30
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -25,7 +25,8 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String
     let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
     let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let status = wait_bounded(&mut child, timeout).ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}"))?;
+    let status =
+        wait_bounded(&mut child, timeout).ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}"))?;
     let grace = Duration::from_secs(5);
     Ok(Output {
         status,
@@ -63,8 +64,7 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process
     }
 }
 
-/// Polls `f` until it returns Some or `timeout` passed (then the last None is returned as Err with
-/// what `describe` says about the state).
+/// Polls `f` every 50 ms until it returns Some, or returns None once `timeout` has passed.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {

@@ -25,7 +25,7 @@ fn config_path(c: &Containerd) -> PathBuf {
 /// The pid of the containerd serving `c` (any generation), if one runs.
 pub fn containerd_pid(c: &Containerd) -> Option<u32> {
     let config = config_path(c).to_string_lossy().into_owned();
-    procs::find(|a| a[0].ends_with("containerd") && a.iter().any(|x| *x == config))
+    procs::find(|a| a[0].ends_with("containerd") && a.contains(&config))
         .into_iter()
         .next()
 }
@@ -95,7 +95,8 @@ impl<'a> Restarted<'a> {
 
     fn ctr_quiet(&self, args: &[&str]) -> Option<String> {
         let mut cmd = Command::new("ctr");
-        cmd.args(["--address", &self.c.address, "-n", &self.c.namespace]).args(args);
+        cmd.args(["--address", &self.c.address, "-n", &self.c.namespace])
+            .args(args);
         super::run_bounded(cmd, Duration::from_secs(15))
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -106,7 +107,11 @@ impl Drop for Restarted<'_> {
     fn drop(&mut self) {
         // Never panics: this also runs while a failed test unwinds.
         if let Ok(None) = self.child.try_wait() {
-            for id in self.ctr_quiet(&["tasks", "ls", "-q"]).unwrap_or_default().split_whitespace() {
+            for id in self
+                .ctr_quiet(&["tasks", "ls", "-q"])
+                .unwrap_or_default()
+                .split_whitespace()
+            {
                 let _ = self.ctr_quiet(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
                 let _ = self.ctr_quiet(&["tasks", "rm", "-f", id]);
             }

@@ -77,8 +77,10 @@ pub fn run_shim(args: &[&str], cwd: &Path, stdin: &[u8], env: &[(&str, &str)]) -
 pub fn busybox_rootfs(bundle: &Path) {
     let rootfs = bundle.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "true", "echo", "cat"] {
+    if fs::hard_link("/bin/busybox", rootfs.join("bin/busybox")).is_err() {
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    }
+    for applet in ["sh", "sleep", "true", "echo", "cat", "seq", "tty", "usleep"] {
         let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
     }
     for d in ["proc", "dev", "sys", "tmp", "etc"] {
@@ -89,10 +91,19 @@ pub fn busybox_rootfs(bundle: &Path) {
 /// A minimal runnable OCI spec: busybox `args`, own pid/mount/ipc/uts namespaces, cgroup
 /// `/<ns>/<id>` (removed on drop with the namespace's cgroup dir).
 pub fn spec_json(namespace: &str, id: &str, args: &[&str]) -> String {
+    spec(namespace, id, args, false)
+}
+
+/// `spec_json` for a process with a terminal (and /dev/pts for runc to make it in).
+pub fn tty_spec_json(namespace: &str, id: &str, args: &[&str]) -> String {
+    spec(namespace, id, args, true)
+}
+
+fn spec(namespace: &str, id: &str, args: &[&str], terminal: bool) -> String {
     serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": terminal,
             "user": {"uid": 0, "gid": 0},
             "args": args,
             "env": ["PATH=/bin"],
@@ -103,7 +114,8 @@ pub fn spec_json(namespace: &str, id: &str, args: &[&str]) -> String {
         "hostname": "rr",
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}
         ],
         "linux": {
             "cgroupsPath": format!("/{namespace}/{id}"),
@@ -187,7 +199,11 @@ impl DirectShim {
         // The daemon serves once its listener accepts: Connect answers.
         let deadline = Instant::now() + Duration::from_secs(10);
         while shim.raw().is_err() {
-            assert!(Instant::now() < deadline, "shim socket {} never accepted", shim.socket.display());
+            assert!(
+                Instant::now() < deadline,
+                "shim socket {} never accepted",
+                shim.socket.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         shim
@@ -275,14 +291,11 @@ impl DirectShim {
             let _ = fs::remove_dir_all(&e);
         }
         let _ = fs::remove_dir(&root);
-        for cg in [Path::new("/sys/fs/cgroup").join(&self.namespace)]
-            .into_iter()
-            .chain(
-                procs::entries(Path::new("/sys/fs/cgroup"))
-                    .into_iter()
-                    .map(|c| c.join(&self.namespace)),
-            )
-        {
+        for cg in [Path::new("/sys/fs/cgroup").join(&self.namespace)].into_iter().chain(
+            procs::entries(Path::new("/sys/fs/cgroup"))
+                .into_iter()
+                .map(|c| c.join(&self.namespace)),
+        ) {
             if cg.is_dir() {
                 for child in procs::entries(&cg).into_iter().filter(|p| p.is_dir()) {
                     let _ = fs::remove_dir(child);

@@ -63,8 +63,11 @@ fn read_varint(b: &[u8], i: &mut usize) -> Option<u64> {
     None
 }
 
-/// The fields of a protobuf message: (number, varint value or bytes).
-fn fields(b: &[u8]) -> Option<Vec<(u32, Result<u64, Vec<u8>>)>> {
+/// A protobuf field's value: a varint (Ok) or length-delimited bytes (Err).
+type FieldValue = Result<u64, Vec<u8>>;
+
+/// The fields of a protobuf message: (number, value).
+fn fields(b: &[u8]) -> Option<Vec<(u32, FieldValue)>> {
     let mut i = 0;
     let mut out = Vec::new();
     while i < b.len() {
@@ -170,7 +173,9 @@ impl Conn {
 
     pub fn response_for(&mut self, sid: u32) -> Result<Response, String> {
         loop {
-            let (id, ty, p) = self.read_frame().map_err(|e| format!("no response on stream {sid}: {e}"))?;
+            let (id, ty, p) = self
+                .read_frame()
+                .map_err(|e| format!("no response on stream {sid}: {e}"))?;
             if id == sid && ty == TYPE_RESPONSE {
                 return decode_response(&p).ok_or_else(|| format!("undecodable response {p:?}"));
             }
