@@ -226,7 +226,7 @@ fn ttrpc_ids_with_slash_dots_nul_or_overlong_are_refused() {
     let client = shim.client();
     let bundle = shim.bundle("ok", Some(&spec_json(&shim.namespace, "ok", &["sleep", "1000"])));
     busybox_rootfs(&bundle);
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     let long = "y".repeat(256);
     let bad_ids = ["a/b", "..", "../x", "x\0y", long.as_str(), "", "-x"];
     for id in bad_ids {
@@ -362,9 +362,25 @@ fn ttrpc_ids_with_slash_dots_nul_or_overlong_are_refused() {
     );
 }
 
-/// Waits (≤ 5 s) for the shim's fds and threads to come back to `before`; returns the last figures.
+/// Waits (≤ 20 s: the shim tears a closed connection's threads down asynchronously, slowly on a
+/// loaded machine) for the shim's fds and threads to come back to `before`; returns the last figures.
+/// The shim's figures once two readings 300 ms apart agree (≤ 5 s): a connection just made or
+/// dropped is still being set up or torn down on the shim's side.
+fn steady_figures(shim: &DirectShim) -> procs::Figures {
+    let mut last = shim.figures();
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_millis(300));
+        let f = shim.figures();
+        if f == last {
+            return f;
+        }
+        last = f;
+    }
+    last
+}
+
 fn settle_figures(shim: &DirectShim, before: procs::Figures) -> procs::Figures {
-    support::eventually(Duration::from_secs(5), || {
+    support::eventually(Duration::from_secs(20), || {
         let f = shim.figures();
         (f.fds <= before.fds && f.threads <= before.threads).then_some(f)
     })
@@ -379,7 +395,7 @@ fn create_with_a_missing_or_malformed_bundle_says_why() {
     }
     let shim = DirectShim::start();
     let client = shim.client();
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     let no_config = shim.bundle("noconfig", None);
     busybox_rootfs(&no_config);
     let not_a_spec = shim.bundle("notaspec", Some("[1, 2, 3]"));
@@ -471,7 +487,7 @@ fn create_with_unusable_stdio_says_why() {
     }
     let shim = DirectShim::start();
     let client = shim.client();
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     let plain_file = shim.dir.join("plain-file");
     std::fs::write(&plain_file, b"").unwrap();
     let stdin_file = plain_file.to_string_lossy().into_owned();
@@ -581,7 +597,7 @@ fn rootfs_mounts_of_unknown_type_or_bad_options_fail_cleanly() {
     }
     let shim = DirectShim::start();
     let client = shim.client();
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     let lower = shim.dir.join("lower");
     std::fs::create_dir_all(lower.join("sub")).unwrap();
     let mount = |kind: &str, source: &str, target: &str, options: &[&str]| Mount {
@@ -659,7 +675,7 @@ fn create_with_a_missing_runc_or_bad_options_says_why() {
     }
     let shim = DirectShim::start();
     let client = shim.client();
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     let runc_opts = |binary: &str| {
         let mut o = RuncOptions::new();
         o.binary_name = binary.into();
@@ -765,7 +781,7 @@ fn unknown_methods_and_services_get_an_error_naming_them() {
         return;
     }
     let shim = DirectShim::start();
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     let mut conn = shim.raw().unwrap();
     for (service, method) in [
         (TASK_SERVICE, "Bogus"),
@@ -800,7 +816,7 @@ fn malformed_frames_never_take_the_shim_down() {
         return;
     }
     let shim = DirectShim::start();
-    let before = shim.figures();
+    let before = steady_figures(&shim);
     // A ttrpc.Request that is not protobuf: the server answers with an error status.
     let mut conn = shim.raw().unwrap();
     conn.frame(1, ttrpc_raw::TYPE_REQUEST, 0, b"\xff\xff\xff\xff").unwrap();
@@ -854,24 +870,41 @@ fn malformed_frames_never_take_the_shim_down() {
     assert!(after.threads <= before.threads + 1, "threads grew: {before} -> {after}");
 }
 
+/// After an undecodable payload, ttrpc-rust's request_handler! returns Err (`Unpack request error`)
+/// and the server quits the connection without answering: the caller gets neither an answer nor EOF
+/// until it sends something else, and then the connection closes. Measured here: no answer within
+/// 3 s, then EOF on the next request. containerd has one connection per task: a task whose
+/// connection went this way cannot be reached until containerd redials. The stress run's rare
+/// `ctr run` hangs showed a shim in the same state (no ttrpc worker threads left, State timing out).
 #[test]
-#[ignore = "shim bug: an RPC payload that does not decode as its request type closes the connection \
-            without an answer (ttrpc-rust request_handler! `?` -> quit_connection), instead of an \
-            InvalidArgument status naming the cause"]
+#[ignore = "shim bug: an RPC payload that does not decode as its request type gets no answer and the \
+            connection is dropped (EOF at the next request) instead of an InvalidArgument status"]
 fn malformed_payload_gets_an_error_status() {
     if common::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
+    let mut problems = Vec::new();
     for method in ["Create", "State", "Kill", "Exec", "Connect"] {
         let mut conn = shim.raw().unwrap();
-        let r = conn.call(TASK_SERVICE, method, b"\xff\xff\xff\xff\xff");
-        println!("{method} with an undecodable payload: {r:?}");
-        let r = r.unwrap_or_else(|e| panic!("{method}: no answer, the connection was closed: {e}"));
-        assert_eq!(r.code, 3, "{method}: want INVALID_ARGUMENT, got {r:?}");
-        assert!(!r.message.is_empty(), "{method}: {r:?}");
+        let _ = conn.stream.set_read_timeout(Some(Duration::from_secs(3)));
+        match conn.call(TASK_SERVICE, method, b"\xff\xff\xff\xff\xff") {
+            Ok(r) if r.code == 3 && !r.message.is_empty() => {}
+            Ok(r) => problems.push(format!("{method}: want INVALID_ARGUMENT with a message, got {r:?}")),
+            Err(e) => problems.push(format!("{method}: no answer ({e})")),
+        }
+        // The same connection must go on serving.
+        let mut req = Vec::new();
+        ttrpc_raw::pb_bytes(1, shim.id.as_bytes(), &mut req);
+        match conn.call(TASK_SERVICE, "Connect", &req) {
+            Ok(r) if r.code == 0 => {}
+            other => problems.push(format!(
+                "{method}: the connection no longer serves: Connect -> {other:?}"
+            )),
+        }
     }
     still_serves(&shim);
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[test]

@@ -38,17 +38,21 @@ fn count(var: &str, default: usize) -> usize {
 }
 
 /// Console sockets (`pty.XXXXXX` dirs) go to $XDG_RUNTIME_DIR, which containerd passes on to the
-/// shims: give this test process a dir of its own, so a leaked one is ours to see. Set before the
+/// shims: give the stress tests a dir of their own, so a leaked one is ours to see. Set before the
 /// first containerd starts (tests here run one at a time under `make stress`).
 fn xdg_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = PathBuf::from(format!("/tmp/rr-xdg-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        std::env::set_var("XDG_RUNTIME_DIR", &d);
-        d
-    })
-    .clone()
+    let d = DIR
+        .get_or_init(|| {
+            // In the build's temp dir, not /tmp: one dir for every run (stress tests run one at a time),
+            // which stays (ctr wants it to exist while XDG_RUNTIME_DIR names it) and stays empty.
+            let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-runtime");
+            std::env::set_var("XDG_RUNTIME_DIR", &d);
+            d
+        })
+        .clone();
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 /// Entries of the XDG dir that stay there for a second (a console socket of a process just
