@@ -1,6 +1,10 @@
 //! A process's stdio: shim-owned pipes between the container and containerd's fifos (the Go model).
 //! The container only ever sees the pipes. The shim holds a reader on each output fifo (no SIGPIPE when
 //! the client or containerd goes away) and a writer on the stdin fifo (reattach; CloseIO drops it).
+//!
+//! The held readers stay open until Delete, well past the end of the output: a fifo keeps its buffered
+//! bytes only while one of its ends is open, so a client that opens its reader late (ctr does, from a
+//! goroutine) still finds the last output there, followed by EOF once the relay closed its writer.
 
 mod console;
 pub mod logger;
@@ -44,6 +48,8 @@ pub struct PendingIo {
     stdin: Option<Stream>,
     outputs: Vec<Stream>,
     stdin_writer: Option<OwnedFd>,
+    /// The shim's readers on the output fifos (see the module doc).
+    held_readers: Vec<OwnedFd>,
     console: Option<PendingConsole>,
     logger: Option<Logger>,
 }
@@ -59,7 +65,7 @@ pub struct LogIds<'a> {
 struct PendingConsole {
     socket: console::ConsoleSocket,
     stdin: Option<OwnedFd>,
-    stdout: Option<(OwnedFd, Option<OwnedFd>)>,
+    stdout: Option<OwnedFd>,
 }
 
 /// TIOCSWINSZ on a terminal.
@@ -89,6 +95,7 @@ struct Drain {
 pub struct ProcessIo {
     relay: Relay,
     stdin_writer: Mutex<Option<OwnedFd>>,
+    held_readers: Mutex<Vec<OwnedFd>>,
     stdin_stream: Option<u64>,
     outputs: Vec<u64>,
     drain: Arc<Drain>,
@@ -200,6 +207,7 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(C
         stdin: None,
         outputs: Vec::new(),
         stdin_writer: None,
+        held_readers: Vec::new(),
         console: None,
         logger: None,
     };
@@ -224,9 +232,11 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(C
             pending.stdin_writer = Some(w);
         }
         if let Some((out, _)) = binary {
-            c.stdout = Some((out, None));
+            c.stdout = Some(out);
         } else if !paths.stdout.is_empty() {
-            c.stdout = Some(open_output(&paths.stdout)?);
+            let (dst, hold) = open_output(&paths.stdout)?;
+            pending.held_readers.extend(hold);
+            c.stdout = Some(dst);
         }
         pending.console = Some(c);
         return Ok((child, pending));
@@ -251,13 +261,11 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(C
             continue;
         }
         let (dst, hold) = open_output(uri)?;
+        pending.held_readers.extend(hold);
         let (r, w) = pipe()?;
         chown(&w, uid, gid)?;
         *slot = Some(w);
-        pending.outputs.push(Stream {
-            hold,
-            ..Stream::new(r, dst)
-        });
+        pending.outputs.push(Stream::new(r, dst));
     }
     Ok((child, pending))
 }
@@ -276,13 +284,12 @@ impl PendingIo {
         let mut console_in = None;
         if let Some(c) = self.console {
             let master = c.socket.receive_master()?;
-            let (dst, hold) = match c.stdout {
+            let dst = match c.stdout {
                 Some(o) => o,
                 // Nobody reads the terminal: drain it anyway, or the process blocks once the tty buffer is full.
-                None => (open(Path::new("/dev/null"), libc::O_WRONLY, 0)?, None),
+                None => open(Path::new("/dev/null"), libc::O_WRONLY, 0)?,
             };
             outputs.push(Stream {
-                hold,
                 console_src: true,
                 ..Stream::new(master.try_clone()?, dst)
             });
@@ -325,6 +332,7 @@ impl PendingIo {
         Ok(ProcessIo {
             relay: relay.clone(),
             stdin_writer: Mutex::new(self.stdin_writer),
+            held_readers: Mutex::new(self.held_readers),
             stdin_stream,
             outputs,
             drain,
@@ -385,6 +393,7 @@ impl ProcessIo {
             self.relay.cancel(*id);
         }
         self.console.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.held_readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if let Some(l) = &self.logger {
             l.stop();
         }

@@ -16,13 +16,10 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-/// What a stream carries; `hold` are fds kept open for the stream's lifetime (the reader the shim
-/// holds on an output fifo so the container never sees EPIPE), closed with it.
+/// What a stream carries: bytes from `src` to `dst`, both closed when the stream ends.
 pub struct Stream {
     pub src: OwnedFd,
     pub dst: OwnedFd,
-    #[allow(dead_code)] // never read: it only has to stay open
-    pub hold: Option<OwnedFd>,
     /// The source is a pty master: EIO means "no slave now", not EOF.
     pub console_src: bool,
     pub on_done: Option<Box<dyn FnOnce() + Send>>,
@@ -33,7 +30,6 @@ impl Stream {
         Stream {
             src,
             dst,
-            hold: None,
             console_src: false,
             on_done: None,
         }
@@ -334,7 +330,7 @@ fn deregister(sh: &Shared, a: &Active) {
 fn finish(sh: &Shared, mut a: Active) {
     deregister(sh, &a);
     let done = a.s.on_done.take();
-    drop(a); // closes src, dst and held fds
+    drop(a); // closes src and dst
     if let Some(f) = done {
         f();
     }
