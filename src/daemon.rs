@@ -1,7 +1,7 @@
 //! Daemon mode: the long-running shim that serves ttrpc to containerd.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
@@ -42,36 +42,6 @@ fn task_v3(
         .collect()
 }
 
-/// Refuses connections from another user (SO_PEERCRED), as the Go shim's UnixSocketRequireSameUser.
-#[derive(Debug)]
-struct SameUser;
-
-impl ttrpc::AcceptHook for SameUser {
-    fn on_accept(&self, fd: std::os::fd::RawFd) -> std::result::Result<ttrpc::HookOutput, ttrpc::HookError> {
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let cred = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)
-            .map_err(|e| ttrpc::HookError::Rejected(format!("reading the peer's credentials: {e}")))?;
-        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-        if cred.uid() != uid || cred.gid() != gid {
-            log::warn!(
-                "refusing a connection from uid {} gid {} (pid {})",
-                cred.uid(),
-                cred.gid(),
-                cred.pid()
-            );
-            return Err(ttrpc::HookError::Rejected(format!(
-                "peer uid {} gid {} is not {uid}:{gid}",
-                cred.uid(),
-                cred.gid()
-            )));
-        }
-        Ok(ttrpc::HookOutput {
-            data: Default::default(),
-            payload_transform: None,
-        })
-    }
-}
-
 pub fn run(flags: &Flags) -> Result<()> {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     open_log();
@@ -79,11 +49,10 @@ pub fn run(flags: &Flags) -> Result<()> {
     // The inherited listener must not leak into runc or the containers.
     let listener = if nix::sys::stat::fstat(LISTENER_FD).is_ok() {
         unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-        LISTENER_FD
+        // SAFETY: fd 3 is the listening socket `start` passed us, and nothing else owns it.
+        unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) }
     } else if !flags.socket.is_empty() {
-        let l =
-            std::os::unix::net::UnixListener::bind(&flags.socket).ctx(|| format!("listening on {}", flags.socket))?;
-        std::os::fd::IntoRawFd::into_raw_fd(l)
+        std::os::unix::net::UnixListener::bind(&flags.socket).ctx(|| format!("listening on {}", flags.socket))?
     } else {
         return Err(crate::error::Error::InvalidArgument(
             "no listener: run through `start`".into(),
@@ -101,21 +70,9 @@ pub fn run(flags: &Flags) -> Result<()> {
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
     let service = Service::start(&flags.namespace, events, relay, tx).ctx(|| "starting the task service")?;
 
-    // One worker per connection waits for requests; each request in progress (a Wait blocks for the
-    // task's lifetime) gets one more, and idle extras leave. ttrpc's own defaults keep 3 to 5 idle.
-    let mut server = ttrpc::Server::new()
-        .add_listener(listener)
-        .map_err(|e| crate::error::Error::Other(format!("ttrpc listener: {e}")))?
-        .register_service(create_task(service.clone()))
-        .register_service(task_v3(create_task(service.clone())))
-        .set_accept_hook(SameUser)
-        .set_thread_count_min(1)
-        .set_thread_count_default(1)
-        .set_thread_count_max(1);
-    // start() insists on min < default < max; start_listen() takes the 1/1/1 pool as it is.
-    server
-        .start_listen()
-        .map_err(|e| crate::error::Error::Other(format!("starting the ttrpc server: {e}")))?;
+    let mut methods = create_task(service.clone());
+    methods.extend(task_v3(create_task(service.clone())));
+    crate::server::serve(listener, methods).ctx(|| "starting the ttrpc server")?;
     log::info!(
         "shim {} serving {} in namespace {}",
         std::process::id(),

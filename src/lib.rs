@@ -17,6 +17,7 @@ pub mod process;
 pub mod protos;
 pub mod reaper;
 pub mod runc;
+pub mod server;
 pub mod service;
 pub mod stats;
 pub mod stdio;
