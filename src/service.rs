@@ -25,6 +25,12 @@ use crate::stdio::relay::Relay;
 use crate::stdio::StdioPaths;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an exit waits for the process's output to leave the shim before it is reported. A client
+/// may stop reading once it has the exit: containerd 1.6's `Task.Delete` (ctr) closes its fifo
+/// readers before it waits for its copy, so output still in the shim's pipe then is lost. Normally
+/// the output ends with the process and this takes microseconds; a background process that keeps
+/// the pipe open costs this bound once (the Go shim does not wait at all).
+const EXIT_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Lifecycle {
@@ -222,8 +228,18 @@ impl Service {
             // Reports an OOM kill not yet seen, so /tasks/oom precedes /tasks/exit.
             self.oom.remove(&p.container_id);
         }
-        if let Some(io) = lock(&p.io).as_ref() {
+        let drain = lock(&p.io).as_ref().map(|io| {
             io.process_exited();
+            io.drain_waiter()
+        });
+        if let Some(d) = drain {
+            if !d.wait(EXIT_DRAIN) {
+                log::debug!(
+                    "{} of {}: exit reported before its output drained",
+                    p.id(),
+                    p.container_id
+                );
+            }
         }
         if p.set_exited(status) {
             let exit = p.exit().expect("set above");

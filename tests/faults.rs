@@ -961,9 +961,7 @@ fn container_cgroups(c: &Containerd, id: &str) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "shim bug: when runc is SIGKILLed in the middle of `runc create`, the failed Create leaves the \
-            container's (empty) cgroup behind: runc had not written its state yet, so the shim's \
-            `runc delete --force` finds nothing to delete"]
+#[ignore = "faults (make stress)"]
 fn runc_killed_mid_create_leaves_no_cgroup() {
     if common::skip_if_unsupported() {
         return;
@@ -1167,4 +1165,118 @@ fn output_waits_for_a_late_fifo_reader() {
         got.is_some(),
         "the late reader got {text:?}, not the process's \"hello\\n\""
     );
+}
+
+/// The shim's fds open for writing on `path` (from /proc/<pid>/fdinfo flags).
+fn writers_on(pid: u32, path: &Path) -> usize {
+    procs::entries(Path::new(&format!("/proc/{pid}/fd")))
+        .into_iter()
+        .filter(|fd| std::fs::read_link(fd).ok().as_deref() == Some(path))
+        .filter(|fd| {
+            let n = fd.file_name().unwrap().to_string_lossy().into_owned();
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0);
+            flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32
+        })
+        .count()
+}
+
+/// An exit is reported once the process's output has left the shim: containerd 1.6's ctr closes its
+/// fifo readers as soon as it has the exit (Task.Delete closes before it waits for its copy), so
+/// what is still in the shim's pipe then is lost (seen: 64 MiB through ctr arriving 320 KiB short
+/// under load). Here the client reads slowly; when Wait answers, the shim must have written all of
+/// the output to the fifo and closed its writer.
+#[test]
+fn exit_is_reported_after_the_output_left_the_shim() {
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{
+        CreateTaskRequest, DeleteRequest, StartRequest, WaitRequest,
+    };
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let shim = DirectShim::start();
+    let id = "drain";
+    let total = 2 << 20;
+    let script = format!("head -c {total} /dev/zero");
+    let bundle = shim.bundle(id, Some(&spec_json(&shim.namespace, id, &["sh", "-c", &script])));
+    busybox_rootfs(&bundle);
+    let fifo = bundle.join("stdout");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A slow reader: 16 KiB every 5 ms, so the shim's pipe is full when the process exits.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let (got, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let reader = {
+        let (got, stop) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 << 10];
+            while !stop.load(Ordering::SeqCst) {
+                match f.read(&mut buf) {
+                    Ok(n) => {
+                        got.fetch_add(n, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let client = shim.client();
+    client
+        .create(
+            ctx(),
+            &CreateTaskRequest {
+                id: id.into(),
+                bundle: bundle.to_string_lossy().into_owned(),
+                stdout: fifo.to_string_lossy().into_owned(),
+                ..Default::default()
+            },
+        )
+        .expect("Create");
+    client
+        .start(
+            ctx(),
+            &StartRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .expect("Start");
+    let status = client
+        .wait(
+            ctx(),
+            &WaitRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .expect("Wait")
+        .exit_status;
+    let writers = writers_on(shim.pid, &fifo);
+    let read_by_then = got.load(Ordering::SeqCst);
+    let _ = support::eventually(Duration::from_secs(20), || (got.load(Ordering::SeqCst) >= total).then_some(()));
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    let _ = client.delete(
+        ctx(),
+        &DeleteRequest {
+            id: id.into(),
+            ..Default::default()
+        },
+    );
+    println!("at the exit: {read_by_then} of {total} bytes read, {writers} shim writer(s) on the fifo");
+    assert_eq!(status, 0);
+    assert_eq!(got.load(Ordering::SeqCst), total, "bytes read in all");
+    assert_eq!(writers, 0, "Wait answered while the shim still had output to write");
 }

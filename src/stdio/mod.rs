@@ -92,6 +92,35 @@ struct Drain {
     cv: Condvar,
 }
 
+impl Drain {
+    fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        while *left > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            left = self
+                .cv
+                .wait_timeout(left, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Waits for a process's output to drain without holding the process's IO.
+pub struct DrainWaiter(Arc<Drain>);
+
+impl DrainWaiter {
+    /// True once every output stream reached EOF and was flushed; false after `timeout`.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.0.wait(timeout)
+    }
+}
+
 pub struct ProcessIo {
     relay: Relay,
     stdin_writer: Mutex<Option<OwnedFd>>,
@@ -352,21 +381,11 @@ impl ProcessIo {
 
     /// Waits until every output stream reached EOF and was flushed to its destination.
     pub fn wait_drained(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut left = self.drain.left.lock().unwrap_or_else(|e| e.into_inner());
-        while *left > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            left = self
-                .drain
-                .cv
-                .wait_timeout(left, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        self.drain.wait(timeout)
+    }
+
+    pub fn drain_waiter(&self) -> DrainWaiter {
+        DrainWaiter(self.drain.clone())
     }
 
     /// The process exited: a console has no EOF of its own, so drain what it holds and close it.
