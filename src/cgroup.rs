@@ -24,6 +24,39 @@ fn v1_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Removes the container cgroup at `cgroups_path` (the spec's `linux.cgroupsPath`) from every
+/// hierarchy where it is left empty. For a `runc create` that was killed before it wrote its state:
+/// `runc delete` then finds no container, and nobody else would remove the cgroup. rmdir refuses a
+/// cgroup with processes or children, so a live container's is never touched. Systemd paths
+/// (`slice:prefix:name`) and relative ones are left alone: systemd and runc own those.
+pub fn remove_if_empty(cgroups_path: &str) {
+    if !cgroups_path.starts_with('/') || cgroups_path.contains(':') {
+        return;
+    }
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return;
+    }
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in text.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
+        };
+        if !matches!(post.split(' ').next(), Some("cgroup" | "cgroup2")) {
+            continue;
+        }
+        let Some(mount_point) = pre.split(' ').nth(4) else {
+            continue;
+        };
+        let dir = PathBuf::from(mount_point).join(rel);
+        match fs::remove_dir(&dir) {
+            Ok(()) => log::info!("removed the empty cgroup {}", dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::debug!("leaving cgroup {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// Moves `pid` into the cgroup at `path` (relative to the hierarchy roots), as the Go shim does for
 /// ShimCgroup: v2 the unified path, v1 every hierarchy in which the cgroup exists.
 pub fn add_process(path: &str, pid: u32) -> Result<()> {

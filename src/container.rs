@@ -60,14 +60,35 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads whether the spec gives the container a pid namespace of its own.
-fn has_private_pid_ns(bundle: &Path) -> bool {
-    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else {
-        return false;
+/// Reads the bundle's OCI spec, so that a missing or malformed one is reported by name rather than
+/// by runc's bare "unexpected EOF".
+fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
+    let path = bundle.join("config.json");
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::InvalidArgument(format!(
+                "bundle {} has no config.json",
+                bundle.display()
+            )))
+        }
+        Err(e) => return Err(Error::InvalidArgument(format!("reading {}: {e}", path.display()))),
     };
-    let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
+    match serde_json::from_slice::<serde_json::Value>(&text) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(Error::InvalidArgument(format!(
+            "{} is not a JSON object",
+            path.display()
+        ))),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "{} is not a valid OCI spec: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Whether the spec gives the container a pid namespace of its own.
+fn has_private_pid_ns(spec: &serde_json::Value) -> bool {
     spec.pointer("/linux/namespaces")
         .and_then(|n| n.as_array())
         .is_some_and(|ns| {
@@ -103,12 +124,7 @@ impl Container {
                 req.bundle
             )));
         }
-        if !bundle.join("config.json").is_file() {
-            return Err(Error::InvalidArgument(format!(
-                "bundle {:?} has no config.json",
-                req.bundle
-            )));
-        }
+        let spec = read_spec(&bundle)?;
         let opts = match req.options.as_ref() {
             Some(a) => options::from_any(&a.type_url, &a.value)?,
             None => Options::default(),
@@ -177,7 +193,7 @@ impl Container {
         let init = Arc::new(Process::new(id, None, paths));
         let c = Container {
             id: id.to_string(),
-            kill_all_on_exit: !has_private_pid_ns(&bundle),
+            kill_all_on_exit: !has_private_pid_ns(&spec),
             bundle,
             runc,
             init,
@@ -219,8 +235,12 @@ impl Container {
         let (pid, io) = match started {
             Ok(x) => x,
             Err(e) => {
-                // runc may have got as far as leaving state (and a runc init) behind.
+                // runc may have got as far as leaving state (and a runc init) behind, or, killed
+                // before writing its state, only the cgroup.
                 let _ = c.runc.delete(id, true);
+                if let Some(p) = spec.pointer("/linux/cgroupsPath").and_then(|p| p.as_str()) {
+                    crate::cgroup::remove_if_empty(p);
+                }
                 let _ = c.unmount();
                 return Err(e);
             }
@@ -390,21 +410,36 @@ mod tests {
 
     #[test]
     fn pid_namespace_detection() {
-        let dir = std::env::temp_dir().join(format!("rr-pidns-{}", std::process::id()));
+        let spec = |ns: &str| read_spec_text(&format!(r#"{{"linux":{{"namespaces":[{ns}]}}}}"#));
+        assert!(has_private_pid_ns(&spec(r#"{"type":"mount"},{"type":"pid"}"#)));
+        assert!(!has_private_pid_ns(&spec(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#)));
+        assert!(!has_private_pid_ns(&spec(r#"{"type":"mount"}"#)));
+    }
+
+    fn read_spec_text(text: &str) -> serde_json::Value {
+        let dir = std::env::temp_dir().join(format!(
+            "rr-spec-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         fs::create_dir_all(&dir).unwrap();
-        let spec = |ns: &str| {
-            fs::write(
-                dir.join("config.json"),
-                format!(r#"{{"linux":{{"namespaces":[{ns}]}}}}"#),
-            )
-            .unwrap()
-        };
-        spec(r#"{"type":"mount"},{"type":"pid"}"#);
-        assert!(has_private_pid_ns(&dir));
-        spec(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#);
-        assert!(!has_private_pid_ns(&dir));
-        spec(r#"{"type":"mount"}"#);
-        assert!(!has_private_pid_ns(&dir));
+        fs::write(dir.join("config.json"), text).unwrap();
+        let r = read_spec(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        r.unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn a_bad_spec_is_named() {
+        let dir = std::env::temp_dir().join(format!("rr-badspec-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let msg = |r: Result<serde_json::Value>| r.map(|_| String::new()).unwrap_or_else(|e| e.to_string());
+        assert!(msg(read_spec(&dir)).contains("has no config.json"));
+        for bad in ["{\"ociVersion\": \"1.0.2\", \"process\": ", "[]", ""] {
+            fs::write(dir.join("config.json"), bad).unwrap();
+            let m = msg(read_spec(&dir));
+            assert!(m.contains("config.json"), "{bad:?}: {m:?}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }
