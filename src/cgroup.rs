@@ -24,12 +24,13 @@ fn v1_hierarchies() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the container cgroup at `cgroups_path` (the spec's `linux.cgroupsPath`) from every
-/// hierarchy where it is left empty. For a `runc create` that was killed before it wrote its state:
-/// `runc delete` then finds no container, and nobody else would remove the cgroup. rmdir refuses a
-/// cgroup with processes or children, so a live container's is never touched. Systemd paths
-/// (`slice:prefix:name`) and relative ones are left alone: systemd and runc own those.
-pub fn remove_if_empty(cgroups_path: &str) {
+/// Removes the container cgroup at `cgroups_path` (the spec's `linux.cgroupsPath`) after a failed
+/// create, killing what is left in it. For a `runc create` that was killed before it wrote its
+/// state: `runc delete` then finds no container, its `runc init` may linger a moment, and nobody
+/// else would remove the cgroup. The leaf is this container's own (containerd ids are unique per
+/// namespace, and the shim has no container by this id); a cgroup with child cgroups is left alone.
+/// Systemd paths (`slice:prefix:name`) and relative ones too: systemd and runc own those.
+pub fn remove_leftover(cgroups_path: &str) {
     if !cgroups_path.starts_with('/') || cgroups_path.contains(':') {
         return;
     }
@@ -49,10 +50,27 @@ pub fn remove_if_empty(cgroups_path: &str) {
             continue;
         };
         let dir = PathBuf::from(mount_point).join(rel);
-        match fs::remove_dir(&dir) {
-            Ok(()) => log::info!("removed the empty cgroup {}", dir.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => log::debug!("leaving cgroup {}: {e}", dir.display()),
+        remove_dir_killing(&dir);
+    }
+}
+
+fn remove_dir_killing(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return log::info!("removed the leftover cgroup {}", dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                if procs.trim().is_empty() && fs::read_dir(dir).is_ok_and(|d| d.flatten().any(|e| e.path().is_dir())) {
+                    return log::debug!("leaving cgroup {}: it has child cgroups", dir.display());
+                }
+                for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return log::warn!("leaving cgroup {}: {e}", dir.display()),
         }
     }
 }

@@ -239,7 +239,7 @@ impl Container {
                 // before writing its state, only the cgroup.
                 let _ = c.runc.delete(id, true);
                 if let Some(p) = spec.pointer("/linux/cgroupsPath").and_then(|p| p.as_str()) {
-                    crate::cgroup::remove_if_empty(p);
+                    crate::cgroup::remove_leftover(p);
                 }
                 let _ = c.unmount();
                 return Err(e);

@@ -1265,7 +1265,9 @@ fn exit_is_reported_after_the_output_left_the_shim() {
         .exit_status;
     let writers = writers_on(shim.pid, &fifo);
     let read_by_then = got.load(Ordering::SeqCst);
-    let _ = support::eventually(Duration::from_secs(20), || (got.load(Ordering::SeqCst) >= total).then_some(()));
+    let _ = support::eventually(Duration::from_secs(20), || {
+        (got.load(Ordering::SeqCst) >= total).then_some(())
+    });
     stop.store(true, Ordering::SeqCst);
     reader.join().unwrap();
     let _ = client.delete(
