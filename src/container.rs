@@ -99,17 +99,33 @@ fn has_private_pid_ns(spec: &serde_json::Value) -> bool {
         })
 }
 
-/// Writes a file through a temporary name, so no reader sees half of it and no symlink planted at the
-/// final name is followed.
+/// Writes a file through a temporary name, so no reader sees half of it and no symlink planted in the
+/// bundle is followed: the temporary file is created exclusively and without following links (a
+/// name planted there fails the write), and rename replaces a link at the final name, not its target.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
         std::process::id()
     ));
+    // A stale file of our own from a crash: unlinking removes a link, never its target.
     let _ = fs::remove_file(&tmp);
-    fs::write(&tmp, data)?;
-    fs::rename(&tmp, path)
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    if let Err(e) = f.write_all(data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    drop(f);
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 impl Container {
@@ -427,6 +443,25 @@ mod tests {
         let r = read_spec(&dir);
         fs::remove_dir_all(&dir).unwrap();
         r.unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn write_atomic_never_writes_through_a_planted_symlink() {
+        let dir = std::env::temp_dir().join(format!("rr-symlink-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        // A link at the final name: replaced, the victim untouched.
+        std::os::unix::fs::symlink(&victim, dir.join("options.json")).unwrap();
+        write_atomic(&dir.join("options.json"), b"{}").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(fs::read_to_string(dir.join("options.json")).unwrap(), "{}");
+        assert!(!fs::symlink_metadata(dir.join("options.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
