@@ -172,6 +172,46 @@ fn wait_for_event(events: &Events, id: &str, topic: &str) -> String {
     }
 }
 
+/// A fresh cgroup for the shim (the unified hierarchy, or the v1 pids one), removed on drop.
+struct ShimCgroup {
+    name: String,
+    dir: PathBuf,
+}
+
+impl ShimCgroup {
+    fn new() -> ShimCgroup {
+        let name = unique_id("rustrunc-shimcg");
+        let root = Path::new("/sys/fs/cgroup");
+        let dir = if root.join("cgroup.controllers").exists() {
+            root.join(&name)
+        } else {
+            root.join("pids").join(&name)
+        };
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        ShimCgroup { name, dir }
+    }
+}
+
+impl Drop for ShimCgroup {
+    fn drop(&mut self) {
+        // After a clean run the shim has left it; after a failure it may still be in it (dropped before
+        // the harness kills it): kill what is inside, then rmdir.
+        for i in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            if i >= 20 {
+                let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.dir.display());
+    }
+}
+
 fn lifecycle(r: Release) {
     let Some(c) = start(&r) else { return };
 
@@ -199,9 +239,34 @@ fn lifecycle(r: Release) {
     let events = Events::start(&c);
     std::thread::sleep(Duration::from_millis(300)); // `ctr events` subscribes asynchronously
     let id = unique_id("detached");
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    // Runtime options travel on `shim start`'s stdin: an Any up to 2.2, a BootstrapParams extension
+    // from 2.3 on. ShimCgroup is applied by `start`, so the shim in that cgroup shows they arrived.
+    let shim_cg = ShimCgroup::new();
+    let opts = c.dir.join("opts.toml");
+    std::fs::write(&opts, format!("ShimCgroup = \"/{}\"\n", shim_cg.name)).unwrap();
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &opts.to_string_lossy(),
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
     wait_status(&c, &id, "RUNNING");
     eprintln!("task API: {}", task_api(&c, &id));
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    let procs = std::fs::read_to_string(shim_cg.dir.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|p| p == shims[0].to_string()),
+        "shim {} not in ShimCgroup {}: {procs:?}",
+        shims[0],
+        shim_cg.dir.display()
+    );
 
     let o = c.ctr(&[
         "task",
