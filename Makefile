@@ -18,8 +18,10 @@ build:
 	mkdir -p target/release
 	cp --remove-destination target/$(HOST)/release/containerd-shim-rustrunc-v2 $(BIN)
 
+# Also fetches Debian trixie's and sid's containerd (1.7, 2.x) into target/containerd/ for tests/versions.rs.
 deps:
 	bash scripts/install-deps.sh
+	bash scripts/fetch-containerd.sh
 
 demo: deps build
 	bash scripts/demo.sh

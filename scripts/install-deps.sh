@@ -16,6 +16,7 @@ PKGS=(
   criu            # checkpoint/restore (runc Recommends it anyway)
   tar gzip coreutils  # test-fixtures/build-image.sh (tar, gzip, sha256sum)
   procps util-linux   # kill, ps, umount -l: harness cleanup
+  curl xz-utils gpgv debian-archive-keyring  # scripts/fetch-containerd.sh (containerd 1.7, 2.x)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

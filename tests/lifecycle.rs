@@ -118,11 +118,13 @@ fn large_stdout_arrives_complete() {
     let o = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", script]);
     assert!(o.status.success(), "{:?}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.stdout.len(), 64 << 20);
-    let want = String::from_utf8_lossy(&o.stderr)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    // The sha256sum line; ctr 2.2+ may print a warning before it (cgroup v1 deprecation).
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let want = stderr
+        .lines()
+        .find(|l| l.ends_with(" /tmp/d"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no sha256sum line on stderr: {stderr}"));
     assert_eq!(hex(Sha256::digest(&o.stdout)), want);
     assert_clean(&c);
 }

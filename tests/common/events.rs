@@ -21,34 +21,46 @@ pub fn wait_child(child: &mut std::process::Child, timeout: Duration) -> std::pr
     }
 }
 
-/// `ctr events` in the background; `stop` ends it and returns what it printed.
+/// `ctr events` in the background; `peek` shows what it printed so far, `stop` ends it and returns all.
 pub struct Events {
     child: std::process::Child,
-    reader: Option<std::thread::JoinHandle<String>>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Events {
     pub fn start(c: &Containerd) -> Events {
         let mut child = c.spawn_ctr(&["events"]);
-        let mut out = child.stdout.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = seen.clone();
         let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut s);
-            s
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&l);
+                s.push('\n');
+            }
         });
         Events {
             child,
+            seen,
             reader: Some(reader),
         }
+    }
+
+    /// The complete lines printed so far.
+    pub fn peek(&self) -> String {
+        self.seen.lock().unwrap().clone()
     }
 
     pub fn stop(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.reader
-            .take()
-            .map(|r| r.join().unwrap_or_default())
-            .unwrap_or_default()
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.peek()
     }
 }
 
@@ -61,12 +73,12 @@ impl Drop for Events {
 /// Polls `ctr task ls` until task `id` shows `status`.
 pub fn wait_status(c: &Containerd, id: &str, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !c
-        .ctr_ok(&["task", "ls"])
-        .lines()
-        .any(|l| l.starts_with(id) && l.contains(status))
-    {
-        assert!(Instant::now() < deadline, "task {id} never became {status}");
+    loop {
+        let ls = c.ctr_ok(&["task", "ls"]);
+        if ls.lines().any(|l| l.starts_with(id) && l.contains(status)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task {id} never became {status}:\n{ls}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -25,6 +25,10 @@
 //! early EOF, see there), and `run`/`task start`/`task exec` get
 //! `--fifo-dir <dir>/fifo` (ctr leaks FIFO dirs in /run/containerd/fifo).
 //!
+//! containerd and ctr come from /usr/bin (Debian 12: 1.6), or from the
+//! directory in `RR_CONTAINERD_BIN_DIR`; `Containerd::start_with(dir)`
+//! picks them per instance (tests/versions.rs runs 1.6, 1.7 and 2.x).
+//!
 //! Only std is used; external tools: containerd, ctr, runc, kill, umount,
 //! and bash + test-fixtures/build-image.sh to make the image.
 #![allow(dead_code)] // each test file uses a different part of the API
@@ -52,8 +56,9 @@ pub const RUNTIME: &str = "io.containerd.rustrunc.v2";
 /// The shim under test (cargo builds it before integration tests).
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
 
-const CONTAINERD: &str = "/usr/bin/containerd";
-const CTR: &str = "/usr/bin/ctr";
+/// Where `Containerd::start` takes containerd and ctr from, unless
+/// RR_CONTAINERD_BIN_DIR names another directory holding both.
+const DEFAULT_BIN_DIR: &str = "/usr/bin";
 /// PATH for containerd after the shim's directory; explicit rather than
 /// inherited so runc/crun resolve to the system ones (/usr/sbin/runc).
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -92,10 +97,11 @@ pub fn skip_if_unsupported() -> bool {
     let reason = if !is_root() {
         Some("not running as root".to_string())
     } else {
-        [CONTAINERD, CTR, "/bin/busybox"]
-            .iter()
-            .find(|p| !Path::new(p).exists())
-            .map(|p| format!("{p} is missing (run scripts/install-deps.sh)"))
+        let bin = default_bin_dir();
+        [bin.join("containerd"), bin.join("ctr"), PathBuf::from("/bin/busybox")]
+            .into_iter()
+            .find(|p| !p.exists())
+            .map(|p| format!("{} is missing (run scripts/install-deps.sh)", p.display()))
     };
     match reason {
         Some(r) => {
@@ -105,6 +111,14 @@ pub fn skip_if_unsupported() -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// The directory of containerd and ctr for `Containerd::start`.
+pub fn default_bin_dir() -> PathBuf {
+    match std::env::var_os("RR_CONTAINERD_BIN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(DEFAULT_BIN_DIR),
     }
 }
 
@@ -233,6 +247,8 @@ pub struct Containerd {
     /// Namespace used for every ctr call; unique per instance so runc state
     /// (/run/containerd/runc/<ns>) and cgroups (/<ns>/<id>) are ours alone.
     pub namespace: String,
+    /// Directory holding the containerd and ctr binaries used.
+    pub bin_dir: PathBuf,
     child: Child,
     started: SystemTime,
 }
@@ -240,6 +256,12 @@ pub struct Containerd {
 impl Containerd {
     /// Starts a private containerd and imports IMAGE into its namespace.
     pub fn start() -> Containerd {
+        Containerd::start_with(&default_bin_dir())
+    }
+
+    /// `start`, with `<bin_dir>/containerd` and `<bin_dir>/ctr` (any
+    /// release from 1.6 on; 2.x migrates the version 2 config on load).
+    pub fn start_with(bin_dir: &Path) -> Containerd {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Short: the socket path must stay under the 108-byte sun_path limit.
         let dir = PathBuf::from(format!("/tmp/rr-{}-{}", std::process::id(), n));
@@ -258,22 +280,13 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config).expect("write containerd config");
 
-        let log = fs::File::create(dir.join("containerd.log")).expect("create containerd.log");
-        let shim_dir = Path::new(SHIM_BIN).parent().expect("shim binary has a directory");
-        let child = Command::new(CONTAINERD)
-            .arg("--config")
-            .arg(&config_path)
-            .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {CONTAINERD}: {e}"));
+        let child = spawn_containerd(bin_dir, &dir);
         // From here on a panic drops `c`, which cleans up.
         let mut c = Containerd {
             dir,
             address,
             namespace: format!("rustrunc-test-{}-{}", std::process::id(), n),
+            bin_dir: bin_dir.to_path_buf(),
             child,
             started: SystemTime::now(),
         };
@@ -282,13 +295,47 @@ impl Containerd {
         c
     }
 
+    /// Stops containerd (SIGTERM, as systemd does; shims keep running) and
+    /// starts the same binary on the same config, root, state and socket:
+    /// an upgrade or crash as a shim sees it. Returns once it answers.
+    pub fn restart(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.child = spawn_containerd(&self.bin_dir, &self.dir);
+        self.wait_ready();
+    }
+
+    /// The containerd binary this instance runs.
+    pub fn containerd_bin(&self) -> PathBuf {
+        self.bin_dir.join("containerd")
+    }
+
+    /// The ctr binary this instance runs.
+    pub fn ctr_bin(&self) -> PathBuf {
+        self.bin_dir.join("ctr")
+    }
+
+    /// Live shim processes of this containerd.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        shim_pids(&self.address, &self.dir)
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
             }
-            let mut cmd = Command::new(CTR);
+            let mut cmd = Command::new(self.ctr_bin());
             cmd.args(["--address", &self.address, "version"]);
             if matches!(run_with_timeout(cmd, None, Duration::from_secs(5)), Ok(o) if o.status.success()) {
                 return;
@@ -316,7 +363,7 @@ impl Containerd {
     /// the host-wide /run/containerd/fifo and never removes them for
     /// detached (-d) or killed commands.
     fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(CTR);
+        let mut cmd = Command::new(self.ctr_bin());
         cmd.args(["--address", &self.address, "-n", &self.namespace]);
         let words = match args {
             ["run", ..] => 1,
@@ -545,6 +592,27 @@ impl Drop for Containerd {
         // abort the test binary, so cleanup() never panics.
         self.cleanup();
     }
+}
+
+/// `<bin_dir>/containerd --config <dir>/config.toml`, with the shim's
+/// directory first on its PATH and its output appended to containerd.log.
+fn spawn_containerd(bin_dir: &Path, dir: &Path) -> Child {
+    let bin = bin_dir.join("containerd");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .expect("open containerd.log");
+    let shim_dir = Path::new(SHIM_BIN).parent().expect("shim binary has a directory");
+    Command::new(&bin)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log fd"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
 }
 
 /// Unmounts (lazily, deepest first) everything under `dir`, then removes it.
