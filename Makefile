@@ -7,7 +7,7 @@ PREFIX ?= /usr/local
 BIN := target/release/containerd-shim-rustrunc-v2
 HOST ?= $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build deps demo test unit integration lint install clean bench stress fuzz
+.PHONY: all build deps test-deps demo test unit integration lint install clean bench stress fuzz
 
 all: build
 
@@ -18,22 +18,24 @@ build:
 	mkdir -p target/release
 	cp --remove-destination target/$(HOST)/release/containerd-shim-rustrunc-v2 $(BIN)
 
-# Also fetches Debian trixie's and sid's containerd (1.7, 2.x) into target/containerd/ for tests/versions.rs.
 deps:
 	bash scripts/install-deps.sh
+
+# Also Debian trixie's and sid's containerd (1.7, 2.x), unpacked into target/containerd/ for tests/versions.rs.
+test-deps: deps
 	bash scripts/fetch-containerd.sh
 
 demo: deps build
 	bash scripts/demo.sh
 
 # Lint first (fast), then every test. Integration tests need root; they print "skipped: ..." otherwise.
-test: deps lint
+test: test-deps lint
 	$(CARGO) test --all-targets -- --test-threads=2
 
 unit:
 	$(CARGO) test --lib
 
-integration: deps
+integration: test-deps
 	$(CARGO) test --tests -- --test-threads=2
 
 lint:
