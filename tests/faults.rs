@@ -1086,6 +1086,47 @@ fn stdin_client_killed_task_stays_controllable() {
     assert_clean(&c);
 }
 
+/// Create, Start and Wait of init `id` through the shim's ttrpc, stdout to `stdout`: its exit status.
+fn create_start_wait(
+    client: &containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient,
+    id: &str,
+    bundle: &Path,
+    stdout: &Path,
+) -> Result<u32, String> {
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest, WaitRequest};
+    use support::shim::ctx;
+    client
+        .create(
+            ctx(),
+            &CreateTaskRequest {
+                id: id.into(),
+                bundle: bundle.to_string_lossy().into_owned(),
+                stdout: stdout.to_string_lossy().into_owned(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| format!("Create: {e:?}"))?;
+    client
+        .start(
+            ctx(),
+            &StartRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| format!("Start: {e:?}"))?;
+    client
+        .wait(
+            ctx(),
+            &WaitRequest {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .map(|w| w.exit_status)
+        .map_err(|e| format!("Wait: {e:?}"))
+}
+
 /// A client that opens its stdout fifo late (ctr opens it from a goroutine, so under load it can be
 /// after the process already exited): what the process wrote must still reach it. The Go shim
 /// opens its fifo writer blocking, i.e. waits for the client's reader; this shim never waits: it
@@ -1095,9 +1136,7 @@ fn stdin_client_killed_task_stays_controllable() {
 /// Not ignored: a plain regression test, run by `make test`.
 #[test]
 fn output_waits_for_a_late_fifo_reader() {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{
-        CreateTaskRequest, DeleteRequest, StartRequest, WaitRequest,
-    };
+    use containerd_shim_rustrunc_v2::protos::shim::shim::DeleteRequest;
     use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
     if common::skip_if_unsupported() {
         return;
@@ -1112,38 +1151,7 @@ fn output_waits_for_a_late_fifo_reader() {
     let runner = {
         let client = shim.client();
         let (bundle, fifo) = (bundle.clone(), fifo.clone());
-        std::thread::spawn(move || {
-            client
-                .create(
-                    ctx(),
-                    &CreateTaskRequest {
-                        id: id.into(),
-                        bundle: bundle.to_string_lossy().into_owned(),
-                        stdout: fifo.to_string_lossy().into_owned(),
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| format!("Create: {e:?}"))?;
-            client
-                .start(
-                    ctx(),
-                    &StartRequest {
-                        id: id.into(),
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| format!("Start: {e:?}"))?;
-            client
-                .wait(
-                    ctx(),
-                    &WaitRequest {
-                        id: id.into(),
-                        ..Default::default()
-                    },
-                )
-                .map(|w| w.exit_status)
-                .map_err(|e| format!("Wait: {e:?}"))
-        })
+        std::thread::spawn(move || create_start_wait(&client, id, &bundle, &fifo))
     };
     // The client is slow to open its reader.
     std::thread::sleep(Duration::from_millis(1000));
@@ -1192,9 +1200,7 @@ fn writers_on(pid: u32, path: &Path) -> usize {
 /// the output to the fifo and closed its writer.
 #[test]
 fn exit_is_reported_after_the_output_left_the_shim() {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{
-        CreateTaskRequest, DeleteRequest, StartRequest, WaitRequest,
-    };
+    use containerd_shim_rustrunc_v2::protos::shim::shim::DeleteRequest;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
@@ -1233,36 +1239,7 @@ fn exit_is_reported_after_the_output_left_the_shim() {
         })
     };
     let client = shim.client();
-    client
-        .create(
-            ctx(),
-            &CreateTaskRequest {
-                id: id.into(),
-                bundle: bundle.to_string_lossy().into_owned(),
-                stdout: fifo.to_string_lossy().into_owned(),
-                ..Default::default()
-            },
-        )
-        .expect("Create");
-    client
-        .start(
-            ctx(),
-            &StartRequest {
-                id: id.into(),
-                ..Default::default()
-            },
-        )
-        .expect("Start");
-    let status = client
-        .wait(
-            ctx(),
-            &WaitRequest {
-                id: id.into(),
-                ..Default::default()
-            },
-        )
-        .expect("Wait")
-        .exit_status;
+    let status = create_start_wait(&client, id, &bundle, &fifo).unwrap();
     let writers = writers_on(shim.pid, &fifo);
     let read_by_then = got.load(Ordering::SeqCst);
     let _ = support::eventually(Duration::from_secs(20), || {

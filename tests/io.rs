@@ -9,31 +9,6 @@ use std::time::{Duration, Instant};
 use common::events::wait_status;
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// Runs `ctr <args>` with a terminal of its own (ctr -t needs one): exit code and what it printed.
-fn ctr_tty(c: &Containerd, args: &[&str]) -> (Option<i32>, Vec<u8>) {
-    let fifo_dir = c.dir.join("fifo").to_string_lossy().into_owned();
-    let mut words = vec!["ctr", "--address", &c.address, "-n", &c.namespace];
-    let (verb, rest) = match args {
-        ["run", rest @ ..] => (&["run"][..], rest),
-        ["task", "exec", rest @ ..] => (&["task", "exec"][..], rest),
-        _ => (&[][..], args),
-    };
-    words.extend_from_slice(verb);
-    words.extend_from_slice(&["--fifo-dir", &fifo_dir]);
-    words.extend_from_slice(rest);
-    let cmdline: Vec<String> = words.iter().map(|w| quote(w)).collect();
-    let o = Command::new("timeout")
-        .args(["-s", "KILL", "120", "script", "-qec", &cmdline.join(" "), "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running script(1)");
-    (o.status.code(), o.stdout)
-}
-
 #[test]
 fn tty_run_prints_output_and_passes_the_exit_code() {
     if common::skip_if_unsupported() {
@@ -41,21 +16,18 @@ fn tty_run_prints_output_and_passes_the_exit_code() {
     }
     let c = Containerd::start();
     let id = unique_id("tty");
-    let (code, out) = ctr_tty(
-        &c,
-        &[
-            "run",
-            "--rm",
-            "-t",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &id,
-            "sh",
-            "-c",
-            "tty; echo hello-tty; exit 3",
-        ],
-    );
+    let (code, out) = c.ctr_tty(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        &id,
+        "sh",
+        "-c",
+        "tty; echo hello-tty; exit 3",
+    ]);
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("/dev/pts/"), "the process has no terminal: {text:?}");
     assert!(text.contains("hello-tty"), "{text:?}");
@@ -74,21 +46,18 @@ fn tty_execs_return_complete_large_output() {
     let started = Instant::now();
     for i in 0..100 {
         let exec_id = format!("seq{i}");
-        let (code, out) = ctr_tty(
-            &c,
-            &[
-                "task",
-                "exec",
-                "-t",
-                "--exec-id",
-                &exec_id,
-                &id,
-                "seq",
-                "-s",
-                " ",
-                "1000000",
-            ],
-        );
+        let (code, out) = c.ctr_tty(&[
+            "task",
+            "exec",
+            "-t",
+            "--exec-id",
+            &exec_id,
+            &id,
+            "seq",
+            "-s",
+            " ",
+            "1000000",
+        ]);
         let text = String::from_utf8_lossy(&out);
         let tail = text.trim_end();
         assert!(

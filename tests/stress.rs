@@ -27,7 +27,7 @@ use common::events::{wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use sha2::{Digest, Sha256};
 use support::procs::{self, Figures};
-use support::{hex, quote, KillOnDrop};
+use support::{hex, KillOnDrop};
 
 const WORKERS: usize = 2;
 /// Slack allowed on the shim's resident memory after the churn (allocator arenas, caches).
@@ -115,29 +115,11 @@ fn assert_flat(what: &str, pid: u32, before: Figures, after: Figures) {
     );
 }
 
-/// `ctr <args>` under script(1), which gives ctr the terminal `-t` needs: (exit code, output).
+/// `ctr <args>` under script(1), bounded: (exit code, output).
 fn ctr_tty(c: &Containerd, args: &[&str]) -> (Option<i32>, Vec<u8>) {
-    let (code, out) = support::run_bounded(tty_command(c, args), Duration::from_secs(120))
+    support::run_bounded(c.tty_command(args), Duration::from_secs(120))
         .map(|o| (o.status.code(), o.stdout))
-        .unwrap_or_else(|e| panic!("{e}"));
-    (code, out)
-}
-
-fn tty_command(c: &Containerd, args: &[&str]) -> std::process::Command {
-    let fifo_dir = c.dir.join("fifo").to_string_lossy().into_owned();
-    let mut words = vec!["ctr", "--address", &c.address, "-n", &c.namespace];
-    let (verb, rest) = match args {
-        ["run", rest @ ..] => (&["run"][..], rest),
-        ["task", "exec", rest @ ..] => (&["task", "exec"][..], rest),
-        _ => (&[][..], args),
-    };
-    words.extend_from_slice(verb);
-    words.extend_from_slice(&["--fifo-dir", &fifo_dir]);
-    words.extend_from_slice(rest);
-    let cmdline: Vec<String> = words.iter().map(|w| quote(w)).collect();
-    let mut cmd = std::process::Command::new("script");
-    cmd.args(["-qec", &cmdline.join(" "), "/dev/null"]);
-    cmd
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Starts `cmd` (stdout piped), waits until it printed `at_least` bytes, calls `kill`, then waits
@@ -676,7 +658,7 @@ fn exec(c: &Containerd, anchor: &str, exec_id: &str, kind: usize) -> u32 {
             let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
             let cmd = if kind == 9 {
                 a.insert(2, "-t");
-                tty_command(c, &a)
+                c.tty_command(&a)
             } else {
                 let mut cmd = std::process::Command::new("ctr");
                 cmd.args([

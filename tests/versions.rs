@@ -315,25 +315,11 @@ fn lifecycle(r: Release) {
     assert_clean(&c);
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 fn tty(r: Release) {
     let Some(c) = start(&r) else { return };
     let id = unique_id("tty");
-    // ctr -t wants a terminal of its own: script(1) gives it one.
-    let ctr = c.ctr_bin().to_string_lossy().into_owned();
-    let fifo_dir = c.dir.join("fifo").to_string_lossy().into_owned();
-    let words = [
-        ctr.as_str(),
-        "--address",
-        &c.address,
-        "-n",
-        &c.namespace,
+    let (code, out) = c.ctr_tty(&[
         "run",
-        "--fifo-dir",
-        &fifo_dir,
         "--rm",
         "-t",
         "--runtime",
@@ -343,17 +329,11 @@ fn tty(r: Release) {
         "sh",
         "-c",
         "tty; echo hello-tty; exit 3",
-    ];
-    let cmdline: Vec<String> = words.iter().map(|w| quote(w)).collect();
-    let o = Command::new("timeout")
-        .args(["-s", "KILL", "60", "script", "-qec", &cmdline.join(" "), "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running script(1)");
-    let text = String::from_utf8_lossy(&o.stdout);
+    ]);
+    let text = String::from_utf8_lossy(&out);
     assert!(text.contains("/dev/pts/"), "the process has no terminal: {text:?}");
     assert!(text.contains("hello-tty\r"), "{text:?}");
-    assert_eq!(o.status.code(), Some(3), "{text:?}");
+    assert_eq!(code, Some(3), "{text:?}");
     assert_clean(&c);
 }
 

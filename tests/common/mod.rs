@@ -324,6 +324,39 @@ impl Containerd {
         self.bin_dir.join("ctr")
     }
 
+    /// `ctr <args>` under script(1), which gives ctr the terminal `-t` needs; `run` and `task exec`
+    /// get `--fifo-dir` like every other ctr call here.
+    pub fn tty_command(&self, args: &[&str]) -> Command {
+        let ctr = self.ctr_bin().to_string_lossy().into_owned();
+        let fifo_dir = self.dir.join("fifo").to_string_lossy().into_owned();
+        let mut words = vec![ctr.as_str(), "--address", &self.address, "-n", &self.namespace];
+        let (verb, rest) = match args {
+            ["run", rest @ ..] => (&["run"][..], rest),
+            ["task", "exec", rest @ ..] => (&["task", "exec"][..], rest),
+            _ => (&[][..], args),
+        };
+        words.extend_from_slice(verb);
+        words.extend_from_slice(&["--fifo-dir", &fifo_dir]);
+        words.extend_from_slice(rest);
+        let cmdline: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &cmdline.join(" "), "/dev/null"]);
+        cmd
+    }
+
+    /// Runs [`Containerd::tty_command`], killed after 120 s: (exit code, what it printed).
+    pub fn ctr_tty(&self, args: &[&str]) -> (Option<i32>, Vec<u8>) {
+        let cmd = self.tty_command(args);
+        let o = Command::new("timeout")
+            .args(["-s", "KILL", "120"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running script(1)");
+        (o.status.code(), o.stdout)
+    }
+
     /// Live shim processes of this containerd.
     pub fn shim_pids(&self) -> Vec<u32> {
         shim_pids(&self.address, &self.dir)
@@ -824,4 +857,9 @@ fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
         }
     }
     paths
+}
+
+/// `s` as one word for sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

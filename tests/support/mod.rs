@@ -93,11 +93,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Shell-quotes one word for `sh -c` / script(1).
-pub fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 pub fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
