@@ -211,7 +211,7 @@ impl Container {
                 no_pivot: opts.no_pivot_root,
                 no_new_keyring: opts.no_new_keyring,
             },
-            child.into_stdio(),
+            child,
         );
         let started = created
             .and_then(|()| read_pid(&pid_file))
@@ -257,7 +257,7 @@ impl Container {
             console_socket: console.as_deref(),
             no_pivot: self.no_pivot,
         };
-        let restored = self.runc.restore(&self.id, &opts, r.child.into_stdio());
+        let restored = self.runc.restore(&self.id, &opts, r.child);
         let pid = restored.and_then(|()| read_pid(&pid_file)).inspect_err(|_| {
             let _ = fs::copy(work.join("restore.log"), self.bundle.join("criu-restore.log"));
         })?;
@@ -335,7 +335,7 @@ impl Container {
         let console = pending.console_socket().map(Path::to_path_buf);
         let r = self
             .runc
-            .exec(&self.id, &spec, &pid_file, console.as_deref(), child.into_stdio())
+            .exec(&self.id, &spec, &pid_file, console.as_deref(), child)
             .and_then(|()| read_pid(&pid_file));
         let _ = fs::remove_file(&spec);
         let pid = r?;

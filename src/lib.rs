@@ -18,5 +18,6 @@ pub mod protos;
 pub mod reaper;
 pub mod runc;
 pub mod service;
+pub mod spawn;
 pub mod stats;
 pub mod stdio;

@@ -66,8 +66,8 @@ pub fn reap() {
 }
 
 /// A child spawned through the reaper; its exit status arrives from the reap loop.
-pub struct Spawned {
-    pub child: Child,
+pub struct Spawned<C = Child> {
+    pub child: C,
     rx: Receiver<u32>,
 }
 
@@ -75,7 +75,15 @@ impl Spawned {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
 
+impl Spawned<crate::spawn::Child> {
+    pub fn pid(&self) -> u32 {
+        self.child.pid
+    }
+}
+
+impl<C> Spawned<C> {
     pub fn wait(&self) -> u32 {
         // The sender is dropped only after sending, so recv fails only if the reaper state was torn down.
         self.rx.recv().unwrap_or(255)
@@ -97,6 +105,15 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
     let child = cmd.spawn()?;
     let (tx, rx) = channel();
     st.waiters.push((child.id(), tx));
+    Ok(Spawned { child, rx })
+}
+
+/// As [`spawn`], for a [`crate::spawn::Cmd`] (no fork: the shim's memory is not copied).
+pub fn spawn_cmd(cmd: &mut crate::spawn::Cmd) -> io::Result<Spawned<crate::spawn::Child>> {
+    let mut st = lock();
+    let child = cmd.spawn()?;
+    let (tx, rx) = channel();
+    st.waiters.push((child.pid, tx));
     Ok(Spawned { child, rx })
 }
 
