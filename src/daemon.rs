@@ -101,8 +101,9 @@ pub fn run(flags: &Flags) -> Result<()> {
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
     let service = Service::start(&flags.namespace, events, relay, tx).ctx(|| "starting the task service")?;
 
-    // One worker per connection waits for requests; each request in progress (a Wait blocks for the
-    // task's lifetime) gets one more, and idle extras leave. ttrpc's own defaults keep 3 to 5 idle.
+    // Workers per connection: ttrpc starts one when none is idle and lets one leave when more than
+    // `max` are. max 2 keeps a spare instead of starting (and ending) a thread for every request;
+    // ttrpc's own defaults keep 3 to 5 idle.
     let mut server = ttrpc::Server::new()
         .add_listener(listener)
         .map_err(|e| crate::error::Error::Other(format!("ttrpc listener: {e}")))?
@@ -111,8 +112,8 @@ pub fn run(flags: &Flags) -> Result<()> {
         .set_accept_hook(SameUser)
         .set_thread_count_min(1)
         .set_thread_count_default(1)
-        .set_thread_count_max(1);
-    // start() insists on min < default < max; start_listen() takes the 1/1/1 pool as it is.
+        .set_thread_count_max(2);
+    // start() insists on min < default < max; start_listen() takes the 1/1/2 pool as it is.
     server
         .start_listen()
         .map_err(|e| crate::error::Error::Other(format!("starting the ttrpc server: {e}")))?;
