@@ -135,6 +135,37 @@ pub fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
     Ok(rx.recv().unwrap_or(255))
 }
 
+/// As [`start_signal_thread`], on the relay's thread instead of one of its own: the signal handlers
+/// write to a pipe that the relay watches.
+pub fn watch_signals(relay: &crate::stdio::relay::Relay, on_term: Box<dyn Fn() + Send>) -> io::Result<()> {
+    use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(sig, term.clone())?;
+    }
+    for sig in [SIGCHLD, SIGTERM, SIGINT] {
+        signal_hook::low_level::pipe::register_raw(sig, std::os::fd::AsRawFd::as_raw_fd(&w))?;
+    }
+    // The handlers write to it for the rest of the process's life.
+    std::mem::forget(w);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
+    relay.watch(
+        fd,
+        Box::new(move || {
+            let mut buf = [0u8; 64];
+            while nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut buf).is_ok_and(|n| n > 0) {}
+            reap();
+            if term.swap(false, Ordering::Relaxed) {
+                on_term();
+            }
+        }),
+    );
+    Ok(())
+}
+
 /// Starts the signal thread: SIGCHLD reaps; SIGTERM/SIGINT call `on_term` (None: ignore them).
 pub fn start_signal_thread(on_term: Option<Box<dyn Fn() + Send>>) -> io::Result<()> {
     use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};

@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 /// What one of the child's fds 0, 1 and 2 is.
 pub enum Io {
@@ -187,7 +186,8 @@ fn resolve(program: &CString) -> io::Result<CString> {
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     for dir in std::env::split_paths(&path) {
-        let full = Path::new(if dir.as_os_str().is_empty() { Path::new(".") } else { &dir }).join(OsStr::from_bytes(p));
+        let dir = if dir.as_os_str().is_empty() { ".".into() } else { dir };
+        let full = dir.join(OsStr::from_bytes(p));
         let c = cstring(full.as_os_str().as_bytes())?;
         if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
