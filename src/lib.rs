@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod info;
 pub mod logger;
+pub mod memory;
 pub mod mount;
 pub mod oom;
 pub mod options;
