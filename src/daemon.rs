@@ -61,11 +61,15 @@ pub fn run(flags: &Flags) -> Result<()> {
 
     let (tx, rx) = channel::<Msg>();
     let on_term = tx.clone();
-    crate::reaper::start_signal_thread(Some(Box::new(move || {
-        let _ = on_term.send(Msg::Shutdown);
-    })))
-    .ctx(|| "installing signal handlers")?;
     let relay = Relay::start().ctx(|| "starting the io thread")?;
+    // Signals are handled on the io thread: one thread fewer.
+    crate::reaper::watch_signals(
+        &relay,
+        Box::new(move || {
+            let _ = on_term.send(Msg::Shutdown);
+        }),
+    )
+    .ctx(|| "installing signal handlers")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
     let service = Service::start(&flags.namespace, events, relay, tx).ctx(|| "starting the task service")?;

@@ -143,6 +143,8 @@ fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration) {
                 // ttrpc's sync client polls its socket every 10 ms while connected: an idle shim
                 // must not hold it open.
                 sink.idle();
+                // Nothing happened for a while: what the requests allocated and freed goes back too.
+                crate::memory::trim();
                 match rx.recv() {
                     Ok(item) => item,
                     Err(_) => return,

@@ -39,7 +39,10 @@ fn main() {
     let result = match flags.action {
         Action::Start => bootstrap::start(&flags).map(|address| bootstrap::print(address.as_bytes())),
         Action::Delete => bootstrap::delete(&flags).map(|resp| bootstrap::print(&resp)),
-        Action::Daemon => daemon::run(&flags),
+        Action::Daemon => {
+            containerd_shim_rustrunc_v2::memory::tune_daemon();
+            daemon::run(&flags)
+        }
     };
     if let Err(e) = result {
         eprintln!("{:?} failed: {e}", flags.action);

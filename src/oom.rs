@@ -218,6 +218,30 @@ impl OomWatcher {
         Ok(OomWatcher(shared))
     }
 
+    /// As `start`, with the notifications handled on the relay's thread instead of a thread of its own.
+    pub fn start_on(
+        relay: &crate::stdio::relay::Relay,
+        on_oom: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> std::io::Result<OomWatcher> {
+        let shared = Arc::new(Shared {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            wake: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            stop: AtomicBool::new(false),
+            next: AtomicU64::new(WAKE + 1),
+            watches: Mutex::new(HashMap::new()),
+            on_oom,
+        });
+        let s = shared.clone();
+        // An epoll fd is readable while one of its fds is: the relay's epoll watches ours.
+        relay.watch(
+            shared.epoll.0.as_raw_fd(),
+            Box::new(move || {
+                poll(&s, EpollTimeout::ZERO);
+            }),
+        );
+        Ok(OomWatcher(shared))
+    }
+
     /// Starts watching the memory cgroup of a container (right after `runc create`, so OOMs of the
     /// created-but-not-started init are caught). Replaces an earlier watch of the same id.
     pub fn add(&self, container_id: &str, cg: &Cgroup) -> Result<()> {
@@ -278,14 +302,23 @@ impl Drop for OomWatcher {
 }
 
 fn run(sh: &Shared) {
-    let mut events = [EpollEvent::empty(); 16];
     while !sh.stop.load(Ordering::Relaxed) {
-        let n = match sh.epoll.wait(&mut events, EpollTimeout::NONE) {
+        if !poll(sh, EpollTimeout::NONE) {
+            return;
+        }
+    }
+}
+
+/// Waits up to `timeout` for notifications and handles them; false on a fatal epoll error.
+fn poll(sh: &Shared, timeout: EpollTimeout) -> bool {
+    let mut events = [EpollEvent::empty(); 16];
+    {
+        let n = match sh.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
-            Err(Errno::EINTR) => continue,
+            Err(Errno::EINTR) => return true,
             Err(e) => {
                 log::error!("oom: epoll_wait: {e}");
-                return;
+                return false;
             }
         };
         for ev in &events[..n] {
@@ -307,6 +340,7 @@ fn run(sh: &Shared) {
             }
         }
     }
+    true
 }
 
 #[cfg(test)]

@@ -66,8 +66,8 @@ pub fn reap() {
 }
 
 /// A child spawned through the reaper; its exit status arrives from the reap loop.
-pub struct Spawned {
-    pub child: Child,
+pub struct Spawned<C = Child> {
+    pub child: C,
     rx: Receiver<u32>,
 }
 
@@ -75,7 +75,15 @@ impl Spawned {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
 
+impl Spawned<crate::spawn::Child> {
+    pub fn pid(&self) -> u32 {
+        self.child.pid
+    }
+}
+
+impl<C> Spawned<C> {
     pub fn wait(&self) -> u32 {
         // The sender is dropped only after sending, so recv fails only if the reaper state was torn down.
         self.rx.recv().unwrap_or(255)
@@ -100,6 +108,15 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
     Ok(Spawned { child, rx })
 }
 
+/// As [`spawn`], for a [`crate::spawn::Cmd`] (no fork: the shim's memory is not copied).
+pub fn spawn_cmd(cmd: &mut crate::spawn::Cmd) -> io::Result<Spawned<crate::spawn::Child>> {
+    let mut st = lock();
+    let child = cmd.spawn()?;
+    let (tx, rx) = channel();
+    st.waiters.push((child.pid, tx));
+    Ok(Spawned { child, rx })
+}
+
 /// Forks with the reaper lock held and waits for the child through the reap loop. `child` runs in the
 /// forked child of a multithreaded process: it must make only async-signal-safe calls.
 pub fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
@@ -116,6 +133,37 @@ pub fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
         }
     };
     Ok(rx.recv().unwrap_or(255))
+}
+
+/// As [`start_signal_thread`], on the relay's thread instead of one of its own: the signal handlers
+/// write to a pipe that the relay watches.
+pub fn watch_signals(relay: &crate::stdio::relay::Relay, on_term: Box<dyn Fn() + Send>) -> io::Result<()> {
+    use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(sig, term.clone())?;
+    }
+    for sig in [SIGCHLD, SIGTERM, SIGINT] {
+        signal_hook::low_level::pipe::register_raw(sig, std::os::fd::AsRawFd::as_raw_fd(&w))?;
+    }
+    // The handlers write to it for the rest of the process's life.
+    std::mem::forget(w);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
+    relay.watch(
+        fd,
+        Box::new(move || {
+            let mut buf = [0u8; 64];
+            while nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut buf).is_ok_and(|n| n > 0) {}
+            reap();
+            if term.swap(false, Ordering::Relaxed) {
+                on_term();
+            }
+        }),
+    );
+    Ok(())
 }
 
 /// Starts the signal thread: SIGCHLD reaps; SIGTERM/SIGINT call `on_term` (None: ignore them).

@@ -4,12 +4,12 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::reaper;
+use crate::spawn::{Cmd, Io};
+use crate::stdio::ChildStdio;
 
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 
@@ -44,8 +44,8 @@ impl Runc {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.binary);
+    fn command(&self, args: &[&str]) -> Cmd {
+        let mut cmd = Cmd::new(&self.binary);
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--log")
@@ -57,22 +57,16 @@ impl Runc {
         cmd.args(args);
         // runc would notify systemd instead of the container's own sd_notify otherwise.
         cmd.env_remove("NOTIFY_SOCKET");
-        // runc must not outlive the shim. Only prctl in the child: async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // runc must not outlive the shim.
+        cmd.pdeathsig(libc::SIGKILL);
         cmd
     }
 
     /// Runs a command, capturing its stdout (returned) and stderr (for the error).
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>> {
         let mut cmd = self.command(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
+        cmd.stdio(if stdin.is_some() { Io::Piped } else { Io::Null }, Io::Piped, Io::Piped);
+        let mut sp = reaper::spawn_cmd(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
         if let (Some(data), Some(mut w)) = (stdin, sp.child.stdin.take()) {
             use std::io::Write;
             let _ = w.write_all(data);
@@ -122,14 +116,13 @@ impl Runc {
 
     /// Runs a command that starts a process (create, exec, restore): its stdio are the process's own,
     /// so there is no output to read; errors come from `log.json`.
-    fn run_with_stdio(&self, args: &[&str], stdio: [Stdio; 3]) -> Result<()> {
+    fn run_with_stdio(&self, args: &[&str], stdio: ChildStdio) -> Result<()> {
         let _ = fs::remove_file(&self.log);
         let mut cmd = self.command(args);
-        let [i, out, err] = stdio;
-        cmd.stdin(i).stdout(out).stderr(err);
-        let sp = reaper::spawn(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
-        // Closes our copies of the process's stdio now, not when this function returns.
-        drop(cmd);
+        let io = |f: Option<std::os::fd::OwnedFd>| f.map(Io::Fd).unwrap_or(Io::Null);
+        cmd.stdio(io(stdio.stdin), io(stdio.stdout), io(stdio.stderr));
+        // Spawning closes our copies of the process's stdio.
+        let sp = reaper::spawn_cmd(&mut cmd).map_err(|e| self.spawn_error(args[0], e))?;
         let status = sp.wait();
         if status != 0 {
             return Err(self.failure(args[0], status, b""));
@@ -138,7 +131,7 @@ impl Runc {
     }
 
     /// `runc create`: the container's stdio are given as the child's fds 0, 1, 2.
-    pub fn create(&self, id: &str, o: &CreateOpts, stdio: [Stdio; 3]) -> Result<()> {
+    pub fn create(&self, id: &str, o: &CreateOpts, stdio: ChildStdio) -> Result<()> {
         let mut args: Vec<&str> = vec!["create", "--bundle"];
         let bundle = o.bundle.to_string_lossy();
         let pid_file = o.pid_file.to_string_lossy();
@@ -166,7 +159,7 @@ impl Runc {
         process: &Path,
         pid_file: &Path,
         console: Option<&Path>,
-        stdio: [Stdio; 3],
+        stdio: ChildStdio,
     ) -> Result<()> {
         let process = process.to_string_lossy();
         let pid_file = pid_file.to_string_lossy();
@@ -201,7 +194,7 @@ impl Runc {
     }
 
     /// `runc restore --detach`: brings a checkpointed container back, with `stdio` as its IO.
-    pub fn restore(&self, id: &str, o: &RestoreOpts, stdio: [Stdio; 3]) -> Result<()> {
+    pub fn restore(&self, id: &str, o: &RestoreOpts, stdio: ChildStdio) -> Result<()> {
         let args = restore_args(id, o);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run_with_stdio(&args, stdio)
@@ -303,7 +296,7 @@ fn restore_args(id: &str, o: &RestoreOpts) -> Vec<String> {
 }
 
 /// Reads a child's stdout and stderr to EOF together (poll), so neither pipe can fill up and block it.
-fn read_both(out: Option<std::process::ChildStdout>, err: Option<std::process::ChildStderr>) -> (Vec<u8>, Vec<u8>) {
+fn read_both(out: Option<fs::File>, err: Option<fs::File>) -> (Vec<u8>, Vec<u8>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut bufs = (Vec::new(), Vec::new());
     let mut srcs: Vec<(Box<dyn Read>, i32, bool)> = Vec::new();

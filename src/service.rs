@@ -83,16 +83,19 @@ impl Service {
     pub fn start(namespace: &str, events: Publisher, relay: Relay, tx: Sender<Msg>) -> std::io::Result<Arc<Service>> {
         let events = Arc::new(events);
         let publisher = events.clone();
-        let oom = OomWatcher::start(Box::new(move |id: &str| {
-            log::info!("container {id}: OOM kill");
-            publisher.publish(
-                "/tasks/oom",
-                &ev::TaskOOM {
-                    container_id: id.to_string(),
-                    ..Default::default()
-                },
-            );
-        }))?;
+        let oom = OomWatcher::start_on(
+            &relay,
+            Box::new(move |id: &str| {
+                log::info!("container {id}: OOM kill");
+                publisher.publish(
+                    "/tasks/oom",
+                    &ev::TaskOOM {
+                        container_id: id.to_string(),
+                        ..Default::default()
+                    },
+                );
+            }),
+        )?;
         let exits = tx.clone();
         reaper::set_monitor(Box::new(move |e| {
             let _ = exits.send(Msg::Exit(e));

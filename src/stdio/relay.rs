@@ -40,6 +40,7 @@ enum Cmd {
     Add(u64, Stream),
     Cancel(u64),
     Finish(u64),
+    Watch(u64, RawFd, Box<dyn FnMut() + Send>),
 }
 
 struct Shared {
@@ -91,6 +92,14 @@ impl Relay {
     /// process behind a console exited). Unknown or finished ids are ignored.
     pub fn finish(&self, id: u64) {
         self.send(Cmd::Finish(id));
+    }
+
+    /// Calls `on_ready` on the relay thread whenever `fd` is readable, for as long as the relay runs
+    /// (signals, OOM notifications: one thread fewer each). `on_ready` must consume what made `fd`
+    /// readable, must not block, and keeps `fd` open.
+    pub fn watch(&self, fd: RawFd, on_ready: Box<dyn FnMut() + Send>) {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::Watch(id, fd, on_ready));
     }
 
     fn send(&self, c: Cmd) {
@@ -235,6 +244,7 @@ fn token(id: u64, dst: bool) -> u64 {
 
 fn run(sh: &Shared) {
     let mut streams: HashMap<u64, Active> = HashMap::new();
+    let mut watches: HashMap<u64, Box<dyn FnMut() + Send>> = HashMap::new();
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
         let n = match sh.epoll.wait(&mut events, EpollTimeout::NONE) {
@@ -279,8 +289,23 @@ fn run(sh: &Shared) {
                                 step(sh, id, a, &mut streams);
                             }
                         }
+                        Cmd::Watch(id, fd, mut f) => {
+                            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                            match sh.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token(id, false))) {
+                                Ok(()) => {
+                                    // Whatever arrived before it was watched.
+                                    f();
+                                    watches.insert(id, f);
+                                }
+                                Err(e) => log::error!("io relay: watching fd {}: {e}", fd.as_raw_fd()),
+                            }
+                        }
                     }
                 }
+                continue;
+            }
+            if let Some(f) = watches.get_mut(&(t >> 1)) {
+                f();
                 continue;
             }
             if let Some(a) = streams.remove(&(t >> 1)) {
