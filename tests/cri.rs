@@ -43,6 +43,8 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use containerd_shim_rustrunc_v2::protos::shim::api::Options as RuntimeOptions;
+use protobuf::Message;
 use serde_json::{json, Value};
 
 use harness::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE, SHIM_NAME};
@@ -300,6 +302,55 @@ fn pod_runs_on_one_shim_and_leaves_nothing(release: Release) {
     assert_eq!(bundle_socket(&c, &one), socket, "container one went to another shim");
     assert!(harness::is_socket(&socket), "{} is not a socket", socket.display());
     assert_eq!(one_shim(&c, "with the pod running"), shim_pid);
+    // What CRI made of the handler's options table, for each container: a
+    // runtimeoptions.v1.Options with only ConfigPath (1.6) or only the
+    // table as TOML in ConfigBody (1.7: go-toml v1, "strings"; 2.x:
+    // go-toml v2, 'strings').
+    for id in [&pod, &one] {
+        let (type_url, value) = c.runtime_options(id);
+        assert_eq!(type_url, "runtimeoptions.v1.Options", "runtime options of {id}");
+        let sent = RuntimeOptions::parse_from_bytes(&value).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let body = String::from_utf8_lossy(&sent.config_body).into_owned();
+        match &c.options_file {
+            Some(file) => assert_eq!(
+                (sent.config_path.as_str(), body.as_str()),
+                (file.to_string_lossy().as_ref(), ""),
+                "{id}: 1.6 sends ConfigPath only"
+            ),
+            None => {
+                let wrapper = c.wrapper.to_string_lossy();
+                assert!(
+                    sent.config_path.is_empty()
+                        && [
+                            format!("BinaryName = \"{wrapper}\""),
+                            format!("BinaryName = '{wrapper}'")
+                        ]
+                        .iter()
+                        .any(|l| body.lines().any(|b| b == l)),
+                    "{id}: want the handler's table inline in ConfigBody, got ConfigPath {:?}, ConfigBody {body:?}",
+                    sent.config_path
+                );
+                if id == &pod {
+                    eprintln!("cri: ConfigBody CRI sent: {body:?}");
+                }
+            }
+        }
+    }
+    // What the shim decoded from the options CRI sent with each task
+    // (`<bundle>/options.json`, the Go shim's keys).
+    for id in [&pod, &one] {
+        let path = c.bundle(id).join("options.json");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let opts: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()));
+        assert_eq!(
+            (&opts["binary_name"], &opts["root"]),
+            (
+                &json!(c.wrapper.to_string_lossy()),
+                &json!(c.runc_root.to_string_lossy())
+            ),
+            "options of {id} as the shim decoded them: {text}"
+        );
+    }
 
     // ---- teardown through CRI ---------------------------------------------------
     // `sh` is PID 1 of its PID namespace and ignores SIGTERM: after the

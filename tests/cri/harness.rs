@@ -512,6 +512,31 @@ impl CriContainerd {
         run_ok(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n--- containerd.log tail:\n{}", self.log_tail(40)))
     }
 
+    /// The runtime options containerd stored for container `id` (what CRI
+    /// built from the handler's `options` table, and what the shim gets
+    /// with the task): its type URL and encoded value.
+    pub fn runtime_options(&self, id: &str) -> (String, Vec<u8>) {
+        let info = self.ctr_ok(&["-n", CRI_NAMESPACE, "containers", "info", id]);
+        let info: Value =
+            serde_json::from_str(&info).unwrap_or_else(|e| panic!("ctr containers info {id}: {e}: {info}"));
+        let any = &info["Runtime"]["Options"];
+        let type_url = any["type_url"].as_str().unwrap_or_default().to_string();
+        let b64 = any["value"].as_str().unwrap_or_default();
+        let mut cmd = Command::new("base64");
+        cmd.arg("-d");
+        // run_with_timeout gives the child no stdin: decode a file.
+        let tmp = self.dir.join("options.b64");
+        fs::write(&tmp, b64).expect("write options.b64");
+        cmd.arg(&tmp);
+        let o = run_with_timeout(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            o.status.success(),
+            "base64 -d {b64:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (type_url, o.stdout)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
