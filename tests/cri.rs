@@ -1,12 +1,25 @@
 //! Kubernetes CRI end to end: a pod runs on our shim through containerd's
 //! CRI plugin, the way the kubelet drives it.
 //!
-//! A private containerd with CRI on (test-fixtures/cri-config.toml.in)
-//! registers the shim as runtime handler `rustrunc`, with runc options
-//! (BinaryName = a logging runc wrapper, Root = a private runc root) in a
-//! file CRI passes as `ConfigPath`. A Python CRI client
-//! (tests/cri/cri_client.py, grpcio from scripts/install-cri-deps.sh) makes
-//! the calls; this file decides what to call and checks the answers.
+//! A private containerd with CRI on registers the shim as runtime handler
+//! `rustrunc`, with runc options BinaryName = a logging runc wrapper and
+//! Root = a private runc root. On every containerd at hand, one test each:
+//! - `containerd_1_6`: Debian 12's 1.6 (/usr/bin), config version 2
+//!   (test-fixtures/cri-config.toml.in), the options in a file CRI passes
+//!   as `ConfigPath` (1.6 forwards nothing else);
+//! - `containerd_1_7`: trixie's 1.7, config version 2, the options inline
+//!   in the handler's table (CRI sends them as TOML in `config_body`);
+//! - `containerd_2`: sid's 2.x, config version 3
+//!   (test-fixtures/cri-config-v3.toml.in), the options inline;
+//! - `extra_bin_dirs`: each directory in RR_CONTAINERD_EXTRA_BIN_DIRS (as
+//!   tests/versions.rs), configured by its version.
+//!
+//! 1.7 and 2.x come from target/containerd/{trixie,sid} (fetched by
+//! scripts/fetch-containerd.sh, which `make test` runs); a release whose
+//! binaries are absent is skipped with the reason printed. A Python CRI
+//! client (tests/cri/cri_client.py, grpcio from
+//! scripts/install-cri-deps.sh) makes the calls; this file decides what to
+//! call and checks the answers.
 //!
 //! One pod with host networking (no CNI needed), the pause image of
 //! test-fixtures/pause/ as its sandbox, two busybox containers: one that
@@ -16,8 +29,11 @@
 //! after Stop/Remove nothing is left (shim, socket, mounts, runc state,
 //! bundles, cgroups).
 //!
-//! Run: `cargo test --test cri -- --nocapture` (root). RUSTRUNC_CRI_LOG_LEVEL=debug
-//! makes containerd (and so the shim, which then gets -debug) log more.
+//! Run: `cargo test --test cri -- --test-threads=1 --nocapture` (root), or one
+//! release: `cargo test --test cri containerd_2`. RUSTRUNC_CRI_LOG_LEVEL=debug
+//! makes containerd (and so the shim, which then gets -debug) log more; the
+//! log of the last run on each version stays in
+//! target/tmp/cri-containerd-<version>.log.
 
 #[path = "cri/harness.rs"]
 mod harness;
@@ -27,9 +43,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use containerd_shim_rustrunc_v2::protos::shim::api::Options as RuntimeOptions;
+use protobuf::Message;
 use serde_json::{json, Value};
 
-use harness::{CriClient, CriContainerd, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE, SHIM_NAME};
+use harness::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE, SHIM_NAME};
 
 /// Host network: CRI sets up no network namespace and calls no CNI plugin.
 /// PID per container (what the kubelet asks for by default), IPC per pod.
@@ -124,23 +142,61 @@ fn bundle_socket(c: &CriContainerd, id: &str) -> PathBuf {
 }
 
 #[test]
-fn pod_runs_on_one_shim_and_leaves_nothing() {
-    if let Some(reason) = harness::unsupported() {
+fn containerd_1_6() {
+    pod_runs_on_one_shim_and_leaves_nothing(Release::system());
+}
+
+#[test]
+fn containerd_1_7() {
+    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("trixie", "1.7."));
+}
+
+#[test]
+fn containerd_2() {
+    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("sid", "2."));
+}
+
+/// Directories from RR_CONTAINERD_EXTRA_BIN_DIRS, each with any 1.6+ release
+/// (e.g. a local build of 2.3).
+#[test]
+fn extra_bin_dirs() {
+    let dirs = std::env::var("RR_CONTAINERD_EXTRA_BIN_DIRS").unwrap_or_default();
+    if dirs.is_empty() {
+        return harness::skip("RR_CONTAINERD_EXTRA_BIN_DIRS is not set");
+    }
+    for d in dirs.split(':').filter(|d| !d.is_empty()) {
+        pod_runs_on_one_shim_and_leaves_nothing(Release::any_in(Path::new(d)));
+    }
+}
+
+/// The whole pod life on `release`'s containerd; skips (with the reason
+/// printed) when the release or the Python client cannot be had.
+fn pod_runs_on_one_shim_and_leaves_nothing(release: Release) {
+    if let Some(reason) = harness::unsupported(&release) {
         return harness::skip(&reason);
     }
     let py = match harness::python_env() {
         Ok(py) => py,
         Err(reason) => return harness::skip(&reason),
     };
+    let _one_at_a_time = harness::serialize();
     let started = Instant::now();
-    let c = CriContainerd::start();
+    let c = CriContainerd::start(&release);
     let mut cri = c.client(&py);
     let cri = &mut cri;
 
     let version = ok(cri, &c, "Version", json!({"version": "v1"}));
     eprintln!(
-        "cri: {} {} (CRI {})",
-        version["runtime_name"], version["runtime_version"], version["runtime_api_version"]
+        "cri: {} {} (CRI {}) from {}, {:?}: handler options {}",
+        version["runtime_name"],
+        version["runtime_version"],
+        version["runtime_api_version"],
+        c.containerd.display(),
+        c.flavor,
+        match &c.options_file {
+            Some(f) => format!("in ConfigPath {}", f.display()),
+            None => "inline (no options file)".into(),
+        }
     );
     cri.wait_image(PAUSE_IMAGE);
     cri.wait_image(BUSYBOX_IMAGE);
@@ -246,6 +302,55 @@ fn pod_runs_on_one_shim_and_leaves_nothing() {
     assert_eq!(bundle_socket(&c, &one), socket, "container one went to another shim");
     assert!(harness::is_socket(&socket), "{} is not a socket", socket.display());
     assert_eq!(one_shim(&c, "with the pod running"), shim_pid);
+    // What CRI made of the handler's options table, for each container: a
+    // runtimeoptions.v1.Options with only ConfigPath (1.6) or only the
+    // table as TOML in ConfigBody (1.7: go-toml v1, "strings"; 2.x:
+    // go-toml v2, 'strings').
+    for id in [&pod, &one] {
+        let (type_url, value) = c.runtime_options(id);
+        assert_eq!(type_url, "runtimeoptions.v1.Options", "runtime options of {id}");
+        let sent = RuntimeOptions::parse_from_bytes(&value).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let body = String::from_utf8_lossy(&sent.config_body).into_owned();
+        match &c.options_file {
+            Some(file) => assert_eq!(
+                (sent.config_path.as_str(), body.as_str()),
+                (file.to_string_lossy().as_ref(), ""),
+                "{id}: 1.6 sends ConfigPath only"
+            ),
+            None => {
+                let wrapper = c.wrapper.to_string_lossy();
+                assert!(
+                    sent.config_path.is_empty()
+                        && [
+                            format!("BinaryName = \"{wrapper}\""),
+                            format!("BinaryName = '{wrapper}'")
+                        ]
+                        .iter()
+                        .any(|l| body.lines().any(|b| b == l)),
+                    "{id}: want the handler's table inline in ConfigBody, got ConfigPath {:?}, ConfigBody {body:?}",
+                    sent.config_path
+                );
+                if id == &pod {
+                    eprintln!("cri: ConfigBody CRI sent: {body:?}");
+                }
+            }
+        }
+    }
+    // What the shim decoded from the options CRI sent with each task
+    // (`<bundle>/options.json`, the Go shim's keys).
+    for id in [&pod, &one] {
+        let path = c.bundle(id).join("options.json");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let opts: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()));
+        assert_eq!(
+            (&opts["binary_name"], &opts["root"]),
+            (
+                &json!(c.wrapper.to_string_lossy()),
+                &json!(c.runc_root.to_string_lossy())
+            ),
+            "options of {id} as the shim decoded them: {text}"
+        );
+    }
 
     // ---- teardown through CRI ---------------------------------------------------
     // `sh` is PID 1 of its PID namespace and ignores SIGTERM: after the
@@ -276,9 +381,16 @@ fn pod_runs_on_one_shim_and_leaves_nothing() {
     assert_eq!(left["items"], json!([]), "{left}");
 
     // ---- BinaryName and Root were honoured --------------------------------------
+    // The wrapper is named nowhere but in the handler's options (inline on
+    // 1.7/2.x, with no options file; in its ConfigPath file on 1.6).
     let runs = fs::read_to_string(&c.wrapper_log).unwrap_or_default();
     let root_arg = format!("--root {}/{CRI_NAMESPACE} ", c.runc_root.display());
-    let bad: Vec<&str> = runs.lines().filter(|l| !l.starts_with(&root_arg)).collect();
+    // `runc features` (containerd 2.3+ asks `shim -info`, which asks
+    // BinaryName) is global: no --root.
+    let bad: Vec<&str> = runs
+        .lines()
+        .filter(|l| !l.starts_with(&root_arg) && *l != "features")
+        .collect();
     assert!(bad.is_empty(), "runc calls without `{root_arg}`: {bad:#?}");
     for (what, id) in [("sandbox", &pod), ("one", &one), ("two", &two)] {
         for verb in [" create ", " start "] {
@@ -304,7 +416,8 @@ fn pod_runs_on_one_shim_and_leaves_nothing() {
 
     let warnings = c.shim_warnings();
     eprintln!(
-        "cri: pod served by shim pid {shim_pid} alone ({} scans); {} runc calls via the wrapper; {} shim warnings; {:.1?}",
+        "cri: containerd {}: pod served by shim pid {shim_pid} alone ({} scans); {} runc calls via the wrapper; {} shim warnings; {:.1?}",
+        c.version,
         seen.scans,
         runs.lines().count(),
         warnings.len(),

@@ -4,6 +4,14 @@
 //! CRI client (tests/cri/cri_client.py, Python + grpcio in a venv made by
 //! scripts/install-cri-deps.sh) driven line by line with JSON.
 //!
+//! Any containerd from 1.6 on (`Release`: a directory with containerd and
+//! ctr); its `--version` picks the config (`Flavor`): schema version 2 for
+//! 1.6/1.7 (test-fixtures/cri-config.toml.in), version 3 for 2.x
+//! (test-fixtures/cri-config-v3.toml.in), and how the handler's runc
+//! options get there: a `ConfigPath` file on 1.6 (which forwards nothing
+//! else), inline keys on 1.7 and 2.x (which send them as TOML in
+//! `config_body`; then no options file exists at all).
+//!
 //! Self-contained (tests/common starts containerd with CRI disabled), same
 //! ideas: everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
 //! tools are called with time limits, and `Drop` tears everything down also
@@ -40,8 +48,8 @@ pub const BUSYBOX_IMAGE: &str = "docker.io/library/rustrunc-busybox:latest";
 /// The config's sandbox_image (test-fixtures/pause/).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
 
-const CONTAINERD: &str = "/usr/bin/containerd";
-const CTR: &str = "/usr/bin/ctr";
+/// Debian 12's containerd 1.6.
+const SYSTEM_BIN_DIR: &str = "/usr/bin";
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// containerd 1.6/1.7 put every shim socket here, whatever `state` says.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -65,20 +73,142 @@ pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "skipped: {reason}");
 }
 
-/// Why this machine cannot run the test, if it cannot.
-pub fn unsupported() -> Option<String> {
+/// A containerd release to run CRI on: the directory of its `containerd`
+/// and `ctr`, and what its version must start with ("" = any).
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub bin_dir: PathBuf,
+    pub version_prefix: String,
+}
+
+impl Release {
+    /// Debian 12's containerd 1.6 in /usr/bin.
+    pub fn system() -> Release {
+        Release {
+            bin_dir: PathBuf::from(SYSTEM_BIN_DIR),
+            version_prefix: "1.6.".into(),
+        }
+    }
+
+    /// A Debian suite's containerd unpacked by scripts/fetch-containerd.sh
+    /// into target/containerd/<suite>/usr/bin (trixie: 1.7, sid: 2.x).
+    pub fn fetched(suite: &str, version_prefix: &str) -> Release {
+        Release {
+            bin_dir: manifest_dir().join("target/containerd").join(suite).join("usr/bin"),
+            version_prefix: version_prefix.into(),
+        }
+    }
+
+    /// Any release in `dir` (RR_CONTAINERD_EXTRA_BIN_DIRS).
+    pub fn any_in(dir: &Path) -> Release {
+        Release {
+            bin_dir: dir.to_path_buf(),
+            version_prefix: String::new(),
+        }
+    }
+
+    fn containerd(&self) -> PathBuf {
+        self.bin_dir.join("containerd")
+    }
+
+    fn ctr(&self) -> PathBuf {
+        self.bin_dir.join("ctr")
+    }
+
+    /// `containerd --version`'s version, without a leading `v` (Debian:
+    /// "1.7.24~ds1"); checked against `version_prefix`.
+    fn version(&self) -> Result<String, String> {
+        let mut cmd = Command::new(self.containerd());
+        cmd.arg("--version");
+        let out = run_ok(cmd, TOOL_TIMEOUT)?;
+        // "containerd github.com/containerd/containerd[/v2] <version> <commit>"
+        let version = out
+            .split_whitespace()
+            .nth(2)
+            .map(|v| v.trim_start_matches('v').to_string())
+            .ok_or_else(|| format!("no version in {}'s `--version`: {out:?}", self.containerd().display()))?;
+        if !version.starts_with(&self.version_prefix) {
+            return Err(format!(
+                "{} is containerd {version}, expected {}*",
+                self.containerd().display(),
+                self.version_prefix
+            ));
+        }
+        Ok(version)
+    }
+}
+
+/// How a containerd release wants CRI and our handler configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// 1.6: config version 2; CRI forwards only `ConfigPath` from the
+    /// handler's options (runtimeoptions.v1.Options has no ConfigBody yet),
+    /// so the runc options are in a file.
+    V1_6,
+    /// 1.7: config version 2; the options inline, sent as TOML in
+    /// runtimeoptions' `config_body`.
+    V1_7,
+    /// 2.x: config version 3 (`io.containerd.cri.v1.runtime` / `.images`);
+    /// the options inline, sent as TOML in `config_body`.
+    V2,
+}
+
+impl Flavor {
+    fn of(version: &str) -> Result<Flavor, String> {
+        let mut parts = version.split(['.', '~', '-', '+']);
+        let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        match (major, minor) {
+            (1, 6) => Ok(Flavor::V1_6),
+            (1, 7) => Ok(Flavor::V1_7),
+            (m, _) if m >= 2 => Ok(Flavor::V2),
+            _ => Err(format!("containerd {version} is older than 1.6 (not supported)")),
+        }
+    }
+
+    /// Whether the handler's runc options are inline in its `options`
+    /// table (else in a `ConfigPath` file).
+    pub fn inline_options(self) -> bool {
+        self != Flavor::V1_6
+    }
+
+    fn template(self) -> &'static str {
+        match self {
+            Flavor::V1_6 | Flavor::V1_7 => "test-fixtures/cri-config.toml.in",
+            Flavor::V2 => "test-fixtures/cri-config-v3.toml.in",
+        }
+    }
+}
+
+/// Why this machine cannot run the test on `release`, if it cannot.
+pub fn unsupported(release: &Release) -> Option<String> {
     if !is_root() {
         return Some("not running as root".into());
     }
-    for p in [CONTAINERD, CTR, "/bin/busybox"] {
-        if !Path::new(p).exists() {
-            return Some(format!("{p} is missing (run scripts/install-deps.sh)"));
+    for p in [release.containerd(), release.ctr()] {
+        if !p.exists() {
+            let hint = if release.bin_dir == Path::new(SYSTEM_BIN_DIR) {
+                "run scripts/install-deps.sh"
+            } else {
+                "scripts/fetch-containerd.sh fetches it"
+            };
+            return Some(format!("{} is missing ({hint})", p.display()));
         }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("/bin/busybox is missing (run scripts/install-deps.sh)".into());
     }
     if real_runc().is_none() {
         return Some("runc is missing (run scripts/install-deps.sh)".into());
     }
     None
+}
+
+/// CRI pods are heavy (a containerd with CRI, a shim, a pause and two
+/// containers each): one test at a time per test process.
+pub fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_root() -> bool {
@@ -206,17 +336,30 @@ pub struct CriContainerd {
     pub address: String,
     /// `<dir>/runc`: runc's --root is `<runc_root>/k8s.io`.
     pub runc_root: PathBuf,
+    /// The runc wrapper the handler's options name as BinaryName.
+    pub wrapper: PathBuf,
     /// The BinaryName wrapper appends each runc argv here.
     pub wrapper_log: PathBuf,
     /// Cgroup parent to give the pods (cgroupfs syntax).
     pub cgroup_parent: String,
+    /// `containerd --version`'s version, e.g. "1.7.24~ds1".
+    pub version: String,
+    pub flavor: Flavor,
+    /// The handler's `ConfigPath` file (1.6 only; 1.7/2.x have the
+    /// options inline and no such file exists).
+    pub options_file: Option<PathBuf>,
+    /// The containerd binary running.
+    pub containerd: PathBuf,
+    ctr: PathBuf,
     child: Child,
 }
 
 impl CriContainerd {
-    /// Starts containerd with CRI and imports the busybox and pause images
-    /// into k8s.io.
-    pub fn start() -> CriContainerd {
+    /// Starts `release`'s containerd with CRI and imports the busybox and
+    /// pause images into k8s.io.
+    pub fn start(release: &Release) -> CriContainerd {
+        let version = release.version().unwrap_or_else(|e| panic!("{e}"));
+        let flavor = Flavor::of(&version).unwrap_or_else(|e| panic!("{e}"));
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{}", std::process::id(), n);
         // Short: the socket path must fit in sun_path (108 bytes).
@@ -245,18 +388,26 @@ impl CriContainerd {
         )
         .expect("write the runc wrapper");
         set_mode(&wrapper, 0o755);
-        let options = dir.join("runtime-options.toml");
-        fs::write(
-            &options,
-            format!(
-                "# runc options of the rustrunc handler (CRI passes this file's path as ConfigPath)\nBinaryName = \"{}\"\nRoot = \"{}\"\nSystemdCgroup = false\n",
-                wrapper.display(),
-                runc_root.display()
-            ),
-        )
-        .expect("write the runtime options");
+        // The runc options of the handler: BinaryName = the wrapper, Root =
+        // a runc root in the temp dir (runc state goes to <Root>/k8s.io/<id>).
+        let runc_options = format!(
+            "BinaryName = \"{}\"\nRoot = \"{}\"\nSystemdCgroup = false\n",
+            wrapper.display(),
+            runc_root.display()
+        );
+        let (handler_options, options_file) = if flavor.inline_options() {
+            (runc_options, None)
+        } else {
+            let file = dir.join("runtime-options.toml");
+            fs::write(
+                &file,
+                format!("# runc options of the rustrunc handler (CRI passes this file's path as ConfigPath)\n{runc_options}"),
+            )
+            .expect("write the runtime options");
+            (format!("ConfigPath = \"{}\"\n", file.display()), Some(file))
+        };
 
-        let template_path = manifest_dir().join("test-fixtures/cri-config.toml.in");
+        let template_path = manifest_dir().join(flavor.template());
         let template =
             fs::read_to_string(&template_path).unwrap_or_else(|e| panic!("read {}: {e}", template_path.display()));
         let level = std::env::var("RUSTRUNC_CRI_LOG_LEVEL").unwrap_or_else(|_| "info".into());
@@ -266,7 +417,7 @@ impl CriContainerd {
             .replace("@ADDRESS@", &address)
             .replace("@LOG_LEVEL@", &level)
             .replace("@SANDBOX_IMAGE@", PAUSE_IMAGE)
-            .replace("@RUNTIME_OPTIONS@", &options.to_string_lossy())
+            .replace("@HANDLER_OPTIONS@", &handler_options)
             .replace("@CNI_DIR@", &dir.join("cni").to_string_lossy());
         let unfilled: Vec<&str> = config
             .lines()
@@ -288,7 +439,8 @@ impl CriContainerd {
         }
 
         let log = fs::File::create(dir.join("containerd.log")).expect("create containerd.log");
-        let child = Command::new(CONTAINERD)
+        let containerd = release.containerd();
+        let child = Command::new(&containerd)
             .arg("--config")
             .arg(&config_path)
             .env("PATH", format!("{}:{SYSTEM_PATH}", dir.join("bin").display()))
@@ -297,14 +449,20 @@ impl CriContainerd {
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {CONTAINERD}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()));
         // From here on a panic drops `c`, which cleans up.
         let mut c = CriContainerd {
             dir: guard.disarm(),
             address,
             runc_root,
+            wrapper,
             wrapper_log,
             cgroup_parent: format!("/rustrunc-cri-{tag}"),
+            version,
+            flavor,
+            options_file,
+            containerd,
+            ctr: release.ctr(),
             child,
         };
         c.wait_ready();
@@ -332,7 +490,7 @@ impl CriContainerd {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
             }
-            let mut cmd = Command::new(CTR);
+            let mut cmd = Command::new(&self.ctr);
             cmd.args(["--address", &self.address, "version"]);
             if matches!(run_with_timeout(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
                 return;
@@ -349,9 +507,34 @@ impl CriContainerd {
 
     /// `ctr --address <sock> <args>`; panics with the log tail on failure.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(CTR);
+        let mut cmd = Command::new(&self.ctr);
         cmd.args(["--address", &self.address]).args(args);
         run_ok(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n--- containerd.log tail:\n{}", self.log_tail(40)))
+    }
+
+    /// The runtime options containerd stored for container `id` (what CRI
+    /// built from the handler's `options` table, and what the shim gets
+    /// with the task): its type URL and encoded value.
+    pub fn runtime_options(&self, id: &str) -> (String, Vec<u8>) {
+        let info = self.ctr_ok(&["-n", CRI_NAMESPACE, "containers", "info", id]);
+        let info: Value =
+            serde_json::from_str(&info).unwrap_or_else(|e| panic!("ctr containers info {id}: {e}: {info}"));
+        let any = &info["Runtime"]["Options"];
+        let type_url = any["type_url"].as_str().unwrap_or_default().to_string();
+        let b64 = any["value"].as_str().unwrap_or_default();
+        let mut cmd = Command::new("base64");
+        cmd.arg("-d");
+        // run_with_timeout gives the child no stdin: decode a file.
+        let tmp = self.dir.join("options.b64");
+        fs::write(&tmp, b64).expect("write options.b64");
+        cmd.arg(&tmp);
+        let o = run_with_timeout(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            o.status.success(),
+            "base64 -d {b64:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (type_url, o.stdout)
     }
 
     pub fn log(&self) -> String {
@@ -402,7 +585,8 @@ impl CriContainerd {
     }
 
     /// Our shim daemons: live processes running the shim binary with
-    /// `-address <our socket>` and no `start`/`delete` action.
+    /// `-address <our socket>` and no `start`/`delete` action, nor `-info`
+    /// (containerd 2.x asks the runtime binary for its features that way).
     pub fn shim_daemons(&self) -> Vec<(u32, String)> {
         shim_daemons(&self.address, &self.dir)
     }
@@ -461,14 +645,14 @@ impl CriContainerd {
         //    own records go with the temp dir).
         if let Ok(None) = self.child.try_wait() {
             let list = |what: &str| -> Vec<String> {
-                let mut cmd = Command::new(CTR);
+                let mut cmd = Command::new(&self.ctr);
                 cmd.args(["--address", &self.address, "-n", CRI_NAMESPACE, what, "ls", "-q"]);
                 run_ok(cmd, CLEANUP_TIMEOUT)
                     .map(|s| s.split_whitespace().map(String::from).collect())
                     .unwrap_or_default()
             };
             let ctr = |args: &[&str]| {
-                let mut cmd = Command::new(CTR);
+                let mut cmd = Command::new(&self.ctr);
                 cmd.args(["--address", &self.address, "-n", CRI_NAMESPACE]).args(args);
                 let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
             };
@@ -520,8 +704,9 @@ impl CriContainerd {
             remove_cgroup_tree(&cg);
         }
         // 5. Keep containerd's log (with the shims' logs) for a post-mortem:
-        //    target/tmp/cri-containerd.log, overwritten by the next run.
-        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cri-containerd.log");
+        //    target/tmp/cri-containerd-<version>.log, overwritten by the
+        //    next run on that version.
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cri-containerd-{}.log", self.version));
         let _ = fs::copy(self.dir.join("containerd.log"), keep);
         // 6. Mounts (CRI's sandbox /dev/shm, rootfs overlays) and the dir.
         cleanup_dir(&self.dir);
@@ -755,7 +940,7 @@ fn shim_daemons(address: &str, dir: &Path) -> Vec<(u32, String)> {
         .into_iter()
         .filter(|(_, argv)| {
             argv.first().is_some_and(|a0| a0.ends_with(SHIM_NAME))
-                && !argv.iter().any(|a| a == "start" || a == "delete")
+                && !argv.iter().any(|a| a == "start" || a == "delete" || a == "-info")
         })
         .collect();
     // A daemon forking runc shows up twice for a moment: the child still has the daemon's argv
