@@ -127,11 +127,11 @@ pub fn from_toml(text: &str) -> Result<Options> {
                 .strip_prefix(q)
                 .and_then(|v| v.strip_suffix(q))
                 .ok_or_else(|| err("unterminated string"))?;
-            Ok(if q == '"' {
-                inner.replace("\\\\", "\\").replace("\\\"", "\"")
+            if q == '"' {
+                unescape(inner).map_err(|e| err(&e))
             } else {
-                inner.to_string()
-            })
+                Ok(inner.to_string())
+            }
         };
         let boolean = || match value {
             "true" => Ok(true),
@@ -159,8 +159,12 @@ pub fn from_toml(text: &str) -> Result<Options> {
 
 fn strip_comment(line: &str) -> &str {
     let mut quote = None;
+    let mut escaped = false;
     for (i, c) in line.char_indices() {
         match (quote, c) {
+            // In a basic ("...") string a backslash escapes the next character, quotes included.
+            (Some('"'), _) if escaped => escaped = false,
+            (Some('"'), '\\') => escaped = true,
             (None, '"' | '\'') => quote = Some(c),
             (Some(q), _) if c == q => quote = None,
             (None, '#') => return &line[..i],
@@ -168,6 +172,44 @@ fn strip_comment(line: &str) -> &str {
         }
     }
     line
+}
+
+/// The escapes of a TOML basic string (what containerd writes when a value needs them).
+fn unescape(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            return Err("unescaped quote inside a string".into());
+        }
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let e = chars.next().ok_or("a string ends in a lone backslash")?;
+        let hex = |n: usize, chars: &mut std::str::Chars| {
+            let digits: String = chars.by_ref().take(n).collect();
+            u32::from_str_radix(&digits, 16)
+                .ok()
+                .filter(|_| digits.len() == n)
+                .and_then(char::from_u32)
+                .ok_or(format!("bad unicode escape \\{e}{digits}"))
+        };
+        out.push(match e {
+            'b' => '\u{8}',
+            't' => '\t',
+            'n' => '\n',
+            'f' => '\u{c}',
+            'r' => '\r',
+            'e' => '\u{1b}',
+            '"' => '"',
+            '\\' => '\\',
+            'u' => hex(4, &mut chars)?,
+            'U' => hex(8, &mut chars)?,
+            other => return Err(format!("unknown escape \\{other}")),
+        });
+    }
+    Ok(out)
 }
 
 /// What `shim start` read on its stdin.
@@ -292,6 +334,22 @@ mod tests {
         let o = from_any(RUNTIME_OPTIONS, &r.write_to_bytes().unwrap()).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!((o.root.as_str(), o.no_pivot_root), ("/run/x", true));
+    }
+
+    #[test]
+    fn toml_strings_unescape_like_toml() {
+        let o =
+            from_toml("BinaryName = \"/opt/a \\\"b\\\"\\\\c#d\\te\\u00e9\" # comment\nRoot = '/run/\\x'\n").unwrap();
+        assert_eq!(o.binary_name, "/opt/a \"b\"\\c#d\te\u{e9}");
+        assert_eq!(o.root, "/run/\\x");
+        for bad in [
+            r#"BinaryName = "a\q""#,
+            r#"BinaryName = "a\u12""#,
+            r#"BinaryName = "a\""#,
+        ] {
+            let e = from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("line 1"), "{bad}: {e}");
+        }
     }
 
     #[test]
