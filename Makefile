@@ -11,10 +11,13 @@ HOST ?= $(shell rustc -vV | sed -n 's/^host: //p')
 
 all: build
 
-# Statically linked (glibc static-pie): no shared libc mapped into every shim, about 1 MiB less RSS
-# each. --target keeps the flag off build scripts and proc-macros. The result is copied to $(BIN).
+# Statically linked glibc: no shared libc mapped into every shim, about 1 MiB less RSS each. And not
+# position-independent: a static-pie applies ~2,900 relocations at every start (the `start` action and
+# the daemon), which dirties their pages: non-PIE is ~40 KiB less RSS per shim and ~0.5 ms less CPU
+# per container; the price is no ASLR for the shim's own code (stack, heap and mmaps still are).
+# --target keeps the flags off build scripts and proc-macros. The result is copied to $(BIN).
 build:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST)
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build --release --target $(HOST)
 	mkdir -p target/release
 	cp --remove-destination target/$(HOST)/release/containerd-shim-rustrunc-v2 $(BIN)
 
