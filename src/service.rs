@@ -25,11 +25,12 @@ use crate::stdio::relay::Relay;
 use crate::stdio::StdioPaths;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an exit waits for the process's output to leave the shim before it is reported. A client
-/// may stop reading once it has the exit: containerd 1.6's `Task.Delete` (ctr) closes its fifo
-/// readers before it waits for its copy, so output still in the shim's pipe then is lost. Normally
-/// the output ends with the process and this takes microseconds; a background process that keeps
-/// the pipe open costs this bound once (the Go shim does not wait at all).
+/// How long an exit waits for the process's output to reach the client before it is reported. A
+/// client may stop reading once it has the exit: containerd 1.6's `Task.Delete` (ctr) closes its
+/// fifo readers before it waits for its copy (1.7 fixed that), so output still in the shim's pipe or
+/// in the fifo then is lost. Normally the output ends with the process and the client reads it in
+/// a few milliseconds; a background process that keeps the pipe open, or a client that does not
+/// read, costs this bound once (the Go shim does not wait at all).
 const EXIT_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]

@@ -1197,7 +1197,7 @@ fn writers_on(pid: u32, path: &Path) -> usize {
 /// fifo readers as soon as it has the exit (Task.Delete closes before it waits for its copy), so
 /// what is still in the shim's pipe then is lost (seen: 64 MiB through ctr arriving 320 KiB short
 /// under load). Here the client reads slowly; when Wait answers, the shim must have written all of
-/// the output to the fifo and closed its writer.
+/// the output to the fifo and closed its writer, and the client must have read it.
 #[test]
 fn exit_is_reported_after_the_output_left_the_shim() {
     use containerd_shim_rustrunc_v2::protos::shim::shim::DeleteRequest;
@@ -1258,4 +1258,9 @@ fn exit_is_reported_after_the_output_left_the_shim() {
     assert_eq!(status, 0);
     assert_eq!(got.load(Ordering::SeqCst), total, "bytes read in all");
     assert_eq!(writers, 0, "Wait answered while the shim still had output to write");
+    // And the client had read it (but for the one 16 KiB read it may have been finishing).
+    assert!(
+        read_by_then + (16 << 10) >= total,
+        "Wait answered while the client had read only {read_by_then} of {total} bytes"
+    );
 }

@@ -112,13 +112,38 @@ impl Drain {
 }
 
 /// Waits for a process's output to drain without holding the process's IO.
-pub struct DrainWaiter(Arc<Drain>);
+pub struct DrainWaiter {
+    drain: Arc<Drain>,
+    /// Our readers on the output fifos (dups), to see what the client has not read yet.
+    fifos: Vec<OwnedFd>,
+}
 
 impl DrainWaiter {
-    /// True once every output stream reached EOF and was flushed; false after `timeout`.
+    /// True once every output stream reached EOF and was flushed, and the client has read what is
+    /// in the fifos; false after `timeout`.
     pub fn wait(&self, timeout: Duration) -> bool {
-        self.0.wait(timeout)
+        let deadline = Instant::now() + timeout;
+        if !self.drain.wait(timeout) {
+            return false;
+        }
+        // Nothing tells when a fifo becomes empty: look every millisecond (the client is reading).
+        while self.fifos.iter().any(|f| unread(f) > 0) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
+}
+
+/// Bytes waiting in a pipe (FIONREAD); 0 when unknown.
+fn unread(fd: &OwnedFd) -> i32 {
+    let mut n: libc::c_int = 0;
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return 0;
+    }
+    n
 }
 
 pub struct ProcessIo {
@@ -146,17 +171,22 @@ fn open(path: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    grow(&r);
+    grow(&r, PIPE_SIZE);
     Ok((r, w))
 }
 
 /// Bigger pipe buffers mean fewer wakeups per MiB for the container, the relay and the client.
 /// Pages are allocated only as data arrives; failure (over the unprivileged limit) is harmless.
-fn grow(fd: &OwnedFd) {
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+fn grow(fd: &OwnedFd, size: libc::c_int) {
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
 }
 
-const PIPE_SIZE: libc::c_int = 256 << 10;
+/// The client's fifos stay smaller: what is in one when the process exits is what the exit waits
+/// for the client to read (see `DrainWaiter`).
+const FIFO_SIZE: libc::c_int = 256 << 10;
+
+// 1 MiB: a busy stream is pumped once a millisecond (see relay.rs), so its writer never blocks below 1 GB/s.
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
     if uid == 0 && gid == 0 {
@@ -196,7 +226,7 @@ fn open_output(uri: &str) -> Result<(OwnedFd, Option<OwnedFd>)> {
                 .map_err(|e| Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display())))?;
             let w = open(p, libc::O_WRONLY | libc::O_NONBLOCK, 0)
                 .map_err(|e| Error::InvalidArgument(format!("opening output fifo {}: {e}", p.display())))?;
-            grow(&w);
+            grow(&w, FIFO_SIZE);
             Ok((w, Some(held)))
         }
         Target::File(p) => {
@@ -385,7 +415,11 @@ impl ProcessIo {
     }
 
     pub fn drain_waiter(&self) -> DrainWaiter {
-        DrainWaiter(self.drain.clone())
+        let held = self.held_readers.lock().unwrap_or_else(|e| e.into_inner());
+        DrainWaiter {
+            drain: self.drain.clone(),
+            fifos: held.iter().filter_map(|f| f.try_clone().ok()).collect(),
+        }
     }
 
     /// The process exited: a console has no EOF of its own, so drain what it holds and close it.
