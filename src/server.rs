@@ -12,8 +12,10 @@
 //! worker threads that grows whenever no worker is idle (a Wait blocks for the task's lifetime and
 //! must hold nothing else up) and shrinks back after a few idle seconds: a burst of requests reuses
 //! threads instead of starting one each (which cost a tenth of the shim's CPU per container), an
-//! idle shim keeps none. Every request gets exactly one answer, whatever it carries. The wire format is containerd's ttrpc: a 10-byte header
-//! (length, stream id, type, flags; big-endian) and a protobuf `Request` or `Response`.
+//! idle shim keeps none. Every request gets exactly one answer, whatever it carries.
+//!
+//! The wire format is containerd's ttrpc: a 10-byte header (length, stream id, type, flags;
+//! big-endian) and a protobuf `Request` or `Response`.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
