@@ -207,6 +207,25 @@ mod tests {
         assert_eq!(ok.wait(), 0);
         let three = spawn(Command::new("sh").args(["-c", "exit 3"])).unwrap();
         assert_eq!(three.wait(), 3);
+        // spawn::Cmd (clone + execve): output, argv[0], a removed variable; exec errors come back.
+        std::env::set_var("RR_SPAWN_TEST_DROP", "1");
+        let mut c = crate::spawn::Cmd::new("sh");
+        c.args(["-c", "echo out $0 ${RR_SPAWN_TEST_DROP:-gone}; echo err >&2", "arg0"])
+            .env_remove("RR_SPAWN_TEST_DROP")
+            .stdio(crate::spawn::Io::Null, crate::spawn::Io::Piped, crate::spawn::Io::Piped);
+        let mut sp = spawn_cmd(&mut c).unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        std::io::Read::read_to_string(&mut sp.child.stdout.take().unwrap(), &mut out).unwrap();
+        std::io::Read::read_to_string(&mut sp.child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(sp.wait(), 0);
+        assert_eq!((out.as_str(), err.as_str()), ("out arg0 gone\n", "err\n"));
+        let e = spawn_cmd(&mut crate::spawn::Cmd::new("rr-no-such-program"))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        // A directory: execve fails in the child, and that error comes back.
+        let e = spawn_cmd(&mut crate::spawn::Cmd::new("/")).err().unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES));
         let sleeper = spawn(Command::new("sleep").arg("60")).unwrap();
         nix::sys::signal::kill(Pid::from_raw(sleeper.pid() as i32), nix::sys::signal::SIGKILL).unwrap();
         assert_eq!(sleeper.wait(), 137);

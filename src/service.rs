@@ -30,7 +30,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// fifo readers before it waits for its copy (1.7 fixed that), so output still in the shim's pipe or
 /// in the fifo then is lost. Normally the output ends with the process and the client reads it in
 /// a few milliseconds; a background process that keeps the pipe open, or a client that does not
-/// read, costs this bound once (the Go shim does not wait at all).
+/// read, costs 100 ms (the wait stops when nothing moves for that long; the Go shim does not wait).
 const EXIT_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -237,9 +237,10 @@ impl Service {
             io.drain_waiter()
         });
         if let Some(d) = drain {
-            if !d.wait(EXIT_DRAIN) {
+            let how = d.wait(EXIT_DRAIN);
+            if how != crate::stdio::Drained::Yes {
                 log::debug!(
-                    "{} of {}: exit reported before its output drained",
+                    "{} of {}: exit reported before its output drained ({how:?})",
                     p.id(),
                     p.container_id
                 );

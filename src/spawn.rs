@@ -272,36 +272,5 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    fn wait(pid: u32) -> i32 {
-        let mut st = 0;
-        assert_eq!(unsafe { libc::waitpid(pid as i32, &mut st, 0) }, pid as i32);
-        st
-    }
-
-    #[test]
-    fn output_env_and_missing_program() {
-        std::env::set_var("RR_SPAWN_TEST_DROP", "1");
-        let mut c = Cmd::new("sh");
-        c.args(["-c", "echo out $0 ${RR_SPAWN_TEST_DROP:-gone}; echo err >&2", "arg0"])
-            .env_remove("RR_SPAWN_TEST_DROP")
-            .stdio(Io::Null, Io::Piped, Io::Piped);
-        let mut child = c.spawn().unwrap();
-        let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        assert_eq!(wait(child.pid), 0);
-        assert_eq!((out.as_str(), err.as_str()), ("out arg0 gone\n", "err\n"));
-
-        let e = Cmd::new("rr-no-such-program").spawn().err().unwrap();
-        assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        // A directory: execve fails in the child, and that error comes back.
-        let e = Cmd::new("/").spawn().err().unwrap();
-        assert_eq!(e.raw_os_error(), Some(libc::EACCES));
-    }
-}
+// Tested in reaper.rs: a unit test that reaps children must be the only one (waitpid(-1) in the
+// reap loop would take another test's child).

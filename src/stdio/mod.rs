@@ -14,6 +14,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,26 +115,64 @@ impl Drain {
 /// Waits for a process's output to drain without holding the process's IO.
 pub struct DrainWaiter {
     drain: Arc<Drain>,
+    /// Bytes the relay moved for the process's output streams.
+    moved: Arc<AtomicU64>,
     /// Our readers on the output fifos (dups), to see what the client has not read yet.
     fifos: Vec<OwnedFd>,
 }
 
+/// How a [`DrainWaiter::wait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// The streams ended and the client read everything.
+    Yes,
+    /// Nothing moved for `DRAIN_STALL`: the client is not reading, or a process that outlived this
+    /// one holds the pipe open without writing.
+    Stalled,
+    TimedOut,
+}
+
+/// A drain that moves nothing for this long is given up, so that exits of processes whose client is
+/// not reading (containerd down, say) do not each cost the whole bound, one after another.
+const DRAIN_STALL: Duration = Duration::from_millis(100);
+
 impl DrainWaiter {
-    /// True once every output stream reached EOF and was flushed, and the client has read what is
-    /// in the fifos; false after `timeout`.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        if !self.drain.wait(timeout) {
-            return false;
-        }
-        // Nothing tells when a fifo becomes empty: look every millisecond (the client is reading).
-        while self.fifos.iter().any(|f| unread(f) > 0) {
-            if Instant::now() >= deadline {
-                return false;
+    /// Waits until every output stream reached EOF and was flushed, and the client has read what is
+    /// in the fifos, at most `timeout`, and only while something moves.
+    pub fn wait(&self, timeout: Duration) -> Drained {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut last = (self.unread(), self.moved.load(Ordering::Relaxed));
+        let mut last_change = start;
+        loop {
+            // Nothing tells when a fifo becomes empty: look every few milliseconds.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let streams_done = self.drain.wait(left.min(Duration::from_millis(5)));
+            let unread = self.unread();
+            if streams_done && unread == 0 {
+                return Drained::Yes;
             }
-            std::thread::sleep(Duration::from_millis(1));
+            let now = Instant::now();
+            // Progress is the relay moving bytes or the client reading them (a full fifo that the
+            // client reads and the relay refills looks the same from its FIONREAD alone).
+            let seen = (unread, self.moved.load(Ordering::Relaxed));
+            if seen != last {
+                (last, last_change) = (seen, now);
+            }
+            if now >= deadline {
+                return Drained::TimedOut;
+            }
+            if now.duration_since(last_change) >= DRAIN_STALL {
+                return Drained::Stalled;
+            }
+            if streams_done {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        true
+    }
+
+    fn unread(&self) -> i64 {
+        self.fifos.iter().map(|f| unread(f) as i64).sum()
     }
 }
 
@@ -153,6 +192,8 @@ pub struct ProcessIo {
     stdin_stream: Option<u64>,
     outputs: Vec<u64>,
     drain: Arc<Drain>,
+    /// Bytes the relay moved for the output streams.
+    moved: Arc<AtomicU64>,
     /// The pty master (one owner; the relay streams hold dups). Taken when stdin ends: hangs up the tty.
     console: Arc<Mutex<Option<OwnedFd>>>,
     console_out: Option<u64>,
@@ -338,6 +379,7 @@ impl PendingIo {
     /// Starts relaying; for a terminal, first receives the pty master runc sent.
     pub fn start(self, relay: &Relay) -> Result<ProcessIo> {
         let drain = Arc::new(Drain::default());
+        let moved = Arc::new(AtomicU64::new(0));
         let mut outputs = self.outputs;
         let mut console = None;
         let mut console_in = None;
@@ -363,6 +405,7 @@ impl PendingIo {
             .into_iter()
             .map(|mut s| {
                 let d = drain.clone();
+                s.progress = Some(moved.clone());
                 s.on_done = Some(Box::new(move || {
                     let mut left = d.left.lock().unwrap_or_else(|e| e.into_inner());
                     *left = left.saturating_sub(1);
@@ -395,6 +438,7 @@ impl PendingIo {
             stdin_stream,
             outputs,
             drain,
+            moved,
             console,
             console_out,
             logger: self.logger,
@@ -418,6 +462,7 @@ impl ProcessIo {
         let held = self.held_readers.lock().unwrap_or_else(|e| e.into_inner());
         DrainWaiter {
             drain: self.drain.clone(),
+            moved: self.moved.clone(),
             fifos: held.iter().filter_map(|f| f.try_clone().ok()).collect(),
         }
     }
@@ -456,6 +501,37 @@ impl ProcessIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_waits_for_a_reading_client_and_gives_up_on_one_that_is_not() {
+        let dir = std::env::temp_dir().join(format!("rr-drain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let held = open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0).unwrap();
+        let w = open(&path, libc::O_WRONLY | libc::O_NONBLOCK, 0).unwrap();
+        let waiter = || DrainWaiter {
+            drain: Arc::new(Drain::default()),
+            moved: Arc::new(AtomicU64::new(0)),
+            fifos: vec![held.try_clone().unwrap()],
+        };
+        // Output nobody reads: given up as stalled, long before the bound.
+        assert_eq!(nix::unistd::write(&w, &[1u8; 4096]).unwrap(), 4096);
+        assert_eq!(waiter().wait(Duration::from_secs(30)), Drained::Stalled);
+        // A client that reads, slowly: waited for.
+        let mut client = std::fs::File::from(open(&path, libc::O_RDONLY | libc::O_NONBLOCK, 0).unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut b = [0u8; 512];
+            for _ in 0..8 {
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = std::io::Read::read(&mut client, &mut b);
+            }
+        });
+        assert_eq!(waiter().wait(Duration::from_secs(30)), Drained::Yes);
+        reader.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn winsize_reaches_the_slave() {

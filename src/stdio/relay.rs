@@ -31,6 +31,8 @@ pub struct Stream {
     /// The source is a pty master: EIO means "no slave now", not EOF.
     pub console_src: bool,
     pub on_done: Option<Box<dyn FnOnce() + Send>>,
+    /// Counts the bytes moved, for whoever waits on the stream to see it progress.
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 impl Stream {
@@ -40,6 +42,7 @@ impl Stream {
             dst,
             console_src: false,
             on_done: None,
+            progress: None,
         }
     }
 }
@@ -225,6 +228,9 @@ fn pump_copy(a: &mut Active) -> Pump {
             let n = unsafe { libc::write(dst, buf.as_ptr().cast(), buf.len()) };
             if n >= 0 {
                 buf.drain(..n as usize);
+                if let Some(p) = &a.s.progress {
+                    p.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 continue;
             }
             match Errno::last() {
@@ -373,7 +379,11 @@ fn run(sh: &Shared) {
 fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>, timers: &mut Vec<(Instant, u64)>) {
     let result = pump(&mut a);
     let now = Instant::now();
-    let moved = std::mem::take(&mut a.moved) > 0;
+    let moved_bytes = std::mem::take(&mut a.moved);
+    if let (Some(p), true) = (&a.s.progress, moved_bytes > 0) {
+        p.fetch_add(moved_bytes as u64, Ordering::Relaxed);
+    }
+    let moved = moved_bytes > 0;
     let hot = moved && !a.finishing && a.last_moved.is_some_and(|t| now.duration_since(t) < HOT);
     if moved {
         a.last_moved = Some(now);
