@@ -21,6 +21,7 @@ cleanup() {
   [ -n "${cd_pid:-}" ] && kill "$cd_pid" 2>/dev/null && wait "$cd_pid" 2>/dev/null
   grep -F " $dir" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
   rm -rf "$dir"
+  rmdir "/run/containerd/runc/$ns" 2>/dev/null # runc's (empty) root for the namespace
 }
 trap cleanup EXIT
 

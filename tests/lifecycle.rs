@@ -483,6 +483,8 @@ fn delete_action_is_idempotent_and_prints_a_delete_response() {
         assert_eq!(o.stdout[6], 0x1a, "exited_at present");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    // `runc delete` made the namespace's (empty) runc root.
+    let _ = std::fs::remove_dir("/run/containerd/runc/rr-delete-test");
 }
 
 #[test]
