@@ -350,13 +350,7 @@ fn ttrpc_ids_with_slash_dots_nul_or_overlong_are_refused() {
     assert!(!procs::alive(pid));
     assert_eq!(shim.residue(), Vec::<String>::new());
     drop(client);
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(
-        after.fds <= before.fds,
-        "fds grew: {before} -> {after}\n{:#?}",
-        procs::fd_targets(shim.pid)
-    );
+    assert_no_fd_growth(&shim, before);
 }
 
 /// Waits (≤ 20 s: the shim tears a closed connection's threads down asynchronously, slowly on a
@@ -374,6 +368,18 @@ fn steady_figures(shim: &DirectShim) -> procs::Figures {
         last = f;
     }
     last
+}
+
+/// Waits for the shim's figures to settle, prints them, and fails if it holds more fds than `before`.
+fn assert_no_fd_growth(shim: &DirectShim, before: procs::Figures) -> procs::Figures {
+    let after = settle_figures(shim, before);
+    println!("shim before {before}\nshim after  {after}");
+    assert!(
+        after.fds <= before.fds,
+        "fds grew: {before} -> {after}\n{:#?}",
+        procs::fd_targets(shim.pid)
+    );
+    after
 }
 
 fn settle_figures(shim: &DirectShim, before: procs::Figures) -> procs::Figures {
@@ -449,13 +455,7 @@ fn create_with_a_missing_or_malformed_bundle_says_why() {
         assert!(shim.alive(), "{what} killed the shim");
     }
     drop(client);
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(
-        after.fds <= before.fds,
-        "fds grew: {before} -> {after}\n{:#?}",
-        procs::fd_targets(shim.pid)
-    );
+    assert_no_fd_growth(&shim, before);
 }
 
 #[test]
@@ -573,13 +573,7 @@ fn create_with_unusable_stdio_says_why() {
         assert_eq!(shim.residue(), Vec::<String>::new(), "{what}");
     }
     drop(client);
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(
-        after.fds <= before.fds,
-        "fds grew: {before} -> {after}\n{:#?}",
-        procs::fd_targets(shim.pid)
-    );
+    assert_no_fd_growth(&shim, before);
 }
 
 #[test]
@@ -650,13 +644,7 @@ fn rootfs_mounts_of_unknown_type_or_bad_options_fail_cleanly() {
         assert!(shim.alive(), "{what} killed the shim");
     }
     drop(client);
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(
-        after.fds <= before.fds,
-        "fds grew: {before} -> {after}\n{:#?}",
-        procs::fd_targets(shim.pid)
-    );
+    assert_no_fd_growth(&shim, before);
 }
 
 #[test]
@@ -720,13 +708,7 @@ fn create_with_a_missing_runc_or_bad_options_says_why() {
         assert_eq!(shim.residue(), Vec::<String>::new(), "{what}");
     }
     drop(client);
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(
-        after.fds <= before.fds,
-        "fds grew: {before} -> {after}\n{:#?}",
-        procs::fd_targets(shim.pid)
-    );
+    assert_no_fd_growth(&shim, before);
 }
 
 #[test]
@@ -800,9 +782,7 @@ fn unknown_methods_and_services_get_an_error_naming_them() {
     assert_eq!(conn.call(TASK_SERVICE, "Connect", &req).unwrap().code, 0);
     drop(conn);
     still_serves(&shim);
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(after.fds <= before.fds, "fds grew: {before} -> {after}");
+    assert_no_fd_growth(&shim, before);
 }
 
 #[test]
@@ -855,13 +835,7 @@ fn malformed_frames_never_take_the_shim_down() {
     // answer rather than a silently closed connection (see malformed_payload_gets_an_error_status).
     still_serves(&shim);
     assert!(shim.alive());
-    let after = settle_figures(&shim, before);
-    println!("shim before {before}\nshim after  {after}");
-    assert!(
-        after.fds <= before.fds,
-        "fds grew: {before} -> {after}\n{:#?}",
-        procs::fd_targets(shim.pid)
-    );
+    let after = assert_no_fd_growth(&shim, before);
     assert!(after.threads <= before.threads + 1, "threads grew: {before} -> {after}");
 }
 
