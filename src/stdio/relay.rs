@@ -276,9 +276,14 @@ fn run(sh: &Shared) {
     loop {
         // Deferred streams whose time has come, then sleep until the next one (or an event).
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut timers).into_iter().partition(|t| t.0 <= now);
-        timers = later;
-        for (_, id) in due {
+        let mut i = 0;
+        while i < timers.len() {
+            if timers[i].0 > now {
+                i += 1;
+                continue;
+            }
+            // A stream stepped here may defer again: its new deadline is after `now`.
+            let (_, id) = timers.swap_remove(i);
             if let Some(mut a) = streams.remove(&id) {
                 if a.deferred {
                     a.deferred = false;
