@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh [--quick] [--tsv FILE] [--logs DIR]
+# bench/run.sh [--quick] [--cases LIST] [--tsv FILE] [--logs DIR]
 #
 # Compares this shim (io.containerd.rustrunc.v2, "ours") with containerd's Go shim
 # (io.containerd.runc.v2, "go") on one private containerd: lifecycle latency and CPU, shim CPU,
@@ -13,6 +13,8 @@
 # /usr/bin/containerd-shim-runc-v2, and target/release/containerd-shim-rustrunc-v2 (cargo build
 # --release; this script builds nothing). Everything it starts runs under one temp dir
 # (/tmp/rrb.XXXXXX) and one cgroup, and is removed on exit, Ctrl-C or SIGTERM.
+# --cases 1,6 runs only those cases (for working on one figure; case 5's per-MiB figures subtract
+# case 1's medians, so they need case 1 in the same run).
 set -uo pipefail
 export LC_ALL=C   # EPOCHREALTIME and awk must use a decimal point
 
@@ -23,15 +25,18 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 quick=0
+cases=1,2,3,4,5,6,7
 tsv=$here/results.tsv
 logdir=$here/logs
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
+    --cases) cases=${2:?--cases needs a list such as 1,6}; shift ;;
+    --cases=*) cases=${1#--cases=} ;;
     --tsv) tsv=${2:?--tsv needs a file}; shift ;;
     --tsv=*) tsv=${1#--tsv=} ;;
     --logs) logdir=${2:?--logs needs a directory}; shift ;;
@@ -41,6 +46,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+want() { [[ ",$cases," == *",$1,"* ]]; }
 case $tsv in /*) ;; *) tsv=$PWD/$tsv ;; esac
 case $logdir in /*) ;; *) logdir=$PWD/$logdir ;; esac
 
@@ -361,6 +367,7 @@ cgu; u0=$CGU; t0=$EPOCHREALTIME; sleep "$IDLE_S"; cgu; t1=$EPOCHREALTIME
 idle_ms_per_s=$(calc "($CGU - $u0) / 1e6 / ($t1 - $t0)")
 
 # ---- case 1: ctr run --rm true ----------------------------------------------------------------
+if want 1; then
 # One full lifecycle per sample. Wall time of the ctr command; CPU of the cgroup (containerd, both
 # shim processes, runc; not ctr, not the container) from before ctr to after the shim has exited;
 # the shim daemon's own CPU from its exit record.
@@ -396,7 +403,10 @@ log "case 1: ctr run --rm true, $W1 warm-up(s) + $N1 samples per shim"
 for ((i = 0; i < W1; i++)); do for s in "${SHIMS[@]}"; do run_rm_true "$s" "w1-$s-$i" 0; done; done
 for ((i = 0; i < N1; i++)); do for s in "${SHIMS[@]}"; do run_rm_true "$s" "c1-$s-$i" 1; done; done
 
+fi
+
 # ---- case 2: the shim's own CPU for one container, split at delete -----------------------------
+if want 2; then
 # ctr run -d ... true; wait until the container has exited (the shim has no child left); read the
 # shim's process CPU clock (all its threads) = create+start+exit handling; ctr task rm + containers rm;
 # the shim's final CPU comes from the subreaper, which reads it from the zombie before reaping it.
@@ -433,7 +443,10 @@ shim_cpu_once() { # shim id
 }
 for ((i = 0; i < N2; i++)); do for s in "${SHIMS[@]}"; do shim_cpu_once "$s" "c2-$s-$i"; done; done
 
+fi
+
 # ---- case 3: idle memory per shim --------------------------------------------------------------
+if want 3; then
 c3="3 idle memory per shim ($MEM_N containers each)"
 log "case 3: idle memory, $MEM_N sleeping containers per shim"
 mem_ids=() mem_all=()
@@ -481,7 +494,10 @@ done
 teardown "${mem_all[@]}"
 wait_no_shims 60
 
+fi
+
 # ---- case 4: parallel start and teardown ------------------------------------------------------
+if want 4; then
 c4="4 $PAR_N containers, $PAR_CLIENTS clients"
 log "case 4: $PAR_N containers by $PAR_CLIENTS parallel clients, $PAR_ROUNDS round(s) per shim"
 par_round() { # shim round
@@ -540,7 +556,10 @@ par_round() { # shim round
 }
 for ((r = 0; r < PAR_ROUNDS; r++)); do for s in "${SHIMS[@]}"; do par_round "$s" "$r"; done; done
 
+fi
+
 # ---- case 5: stdout relay ---------------------------------------------------------------------
+if want 5; then
 c5="5 stdout relay ${RELAY_MIB} MiB"
 log "case 5: $RELAY_MIB MiB to stdout, $RELAY_W warm-up(s) + $RELAY_N samples per shim"
 declare -A base_shim base_cg
@@ -576,7 +595,10 @@ relay_once() { # shim id record(0/1)
 for ((i = 0; i < RELAY_W; i++)); do for s in "${SHIMS[@]}"; do relay_once "$s" "w5-$s-$i" 0; done; done
 for ((i = 0; i < RELAY_N; i++)); do for s in "${SHIMS[@]}"; do relay_once "$s" "r5-$s-$i" 1; done; done
 
+fi
+
 # ---- case 6: exec latency ---------------------------------------------------------------------
+if want 6; then
 c6="6 exec"
 log "case 6: ctr task exec true, $EXEC_W warm-up(s) + $EXEC_N samples per shim"
 declare -A exec_ok
@@ -618,7 +640,10 @@ for ((i = 0; i < EXEC_N; i++)); do for s in "${SHIMS[@]}"; do [ "${exec_ok[$s]}"
 teardown "${exec_ids[@]}"
 wait_no_shims 30
 
+fi
+
 # ---- case 7: TTY ------------------------------------------------------------------------------
+if want 7; then
 # ctr run -t needs a terminal on its stdin: script(1) provides one.
 c7="7 tty (ctr run -t)"
 log "case 7: ctr run -t under script(1), $TTY_W warm-up(s) + $TTY_N samples per shim"
@@ -674,6 +699,8 @@ else
   for ((i = 0; i < TTY_N; i++)); do for s in "${SHIMS[@]}"; do [ "${tty_ok[$s]}" = 1 ] && tty_once "$s" "tr$i-$s" "$TTY_MIB" 1; done; done
 fi
 wait_no_shims 30
+
+fi
 
 # ---- report -----------------------------------------------------------------------------------
 log "done; writing $tsv"

@@ -231,7 +231,6 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     } else {
         PathBuf::from(&flags.bundle)
     };
-    crate::reaper::start_signal_thread(None).ctx(|| "installing the SIGCHLD handler")?;
     let opts: Options = fs::read(bundle.join("options.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -243,9 +242,12 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
         binary.trim().to_string()
     };
     let runc = Runc::new(&binary, &opts.root, &flags.namespace, &bundle, opts.systemd_cgroup);
-    if let Err(e) = runc.delete(&flags.id, true) {
-        if !matches!(e, Error::NotFound(_)) {
-            eprintln!("warning: {e}");
+    if runtime_may_know(Path::new(&runc.root), &flags.id) {
+        crate::reaper::start_signal_thread(None).ctx(|| "installing the SIGCHLD handler")?;
+        if let Err(e) = runc.delete(&flags.id, true) {
+            if !matches!(e, Error::NotFound(_)) {
+                eprintln!("warning: {e}");
+            }
         }
     }
     if let Err(e) = crate::mount::unmount_recursive(&bundle.join("rootfs")) {
@@ -260,6 +262,20 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
         ..Default::default()
     };
     Ok(resp.write_to_bytes().unwrap_or_default())
+}
+
+/// Whether the runtime may still hold state for `id` under its root. runc and crun keep a
+/// container in `<root>/<id>`, runsc in `<root>/<id>_sandbox:…`; with no entry starting with the id
+/// there is nothing for `runc delete --force` to do. containerd runs `shim delete` after every shim
+/// exit, normally long after the task's own Delete removed that state, so this saves a runtime
+/// process (about 8 ms of CPU for runc) per container. Unreadable roots count as "may know".
+fn runtime_may_know(root: &Path, id: &str) -> bool {
+    match fs::read_dir(root) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().as_encoded_bytes().starts_with(id.as_bytes())),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 /// A shim killed with SIGKILL could not remove its socket: remove it now, unless a shim (of the same

@@ -457,22 +457,33 @@ fn sigterm_stops_the_shim_and_containerd_cleans_up() {
 
 #[test]
 fn delete_action_is_idempotent_and_prints_a_delete_response() {
+    use std::os::unix::fs::PermissionsExt;
     if common::skip_if_unsupported() {
         return;
     }
     let dir = std::env::temp_dir().join(unique_id("rr-delete"));
     std::fs::create_dir_all(dir.join("rootfs")).unwrap();
     std::fs::write(dir.join("init.pid"), "4242").unwrap();
-    for _ in 0..2 {
+    // The runtime is a script that logs its arguments and does what `runc delete --force` does for
+    // a container it has: remove the state directory.
+    let calls = dir.join("calls");
+    let runtime = dir.join("fake-runc");
+    std::fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>{}\nfor a; do id=$a; done\nrm -rf \"$2/$id\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("runtime"), runtime.to_string_lossy().as_bytes()).unwrap();
+    let namespace = unique_id("rr-delete-ns");
+    let runc_root = std::path::Path::new("/run/containerd/runc").join(&namespace);
+    let delete = || {
         let o = std::process::Command::new(SHIM_BIN)
-            .args([
-                "-namespace",
-                "rr-delete-test",
-                "-address",
-                "/nonexistent.sock",
-                "-publish-binary",
-                "/usr/bin/containerd",
-            ])
+            .args(["-namespace", &namespace, "-address", "/nonexistent.sock"])
+            .args(["-publish-binary", "/usr/bin/containerd"])
             .args(["-id", "gone", "-bundle", &dir.to_string_lossy(), "delete"])
             .current_dir(&dir)
             .output()
@@ -481,10 +492,23 @@ fn delete_action_is_idempotent_and_prints_a_delete_response() {
         // DeleteResponse{pid=1: 4242, exit_status=2: 137, exited_at=3: {...}}, raw protobuf.
         assert_eq!(&o.stdout[..6], &[0x08, 0x92, 0x21, 0x10, 0x89, 0x01], "{:?}", o.stdout);
         assert_eq!(o.stdout[6], 0x1a, "exited_at present");
-    }
+    };
+    // The runtime has state for the id (a shim that died with its container): it is told to delete.
+    std::fs::create_dir_all(runc_root.join("gone")).unwrap();
+    delete();
+    let logged = std::fs::read_to_string(&calls).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&runc_root);
+    assert!(logged.ends_with("delete --force gone\n"), "runtime calls: {logged:?}");
+    // No state left (the normal case, after the task's own Delete): idempotent, and no runtime run.
+    delete();
+    delete();
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        logged,
+        "runtime run without state"
+    );
+    assert!(!runc_root.exists());
     std::fs::remove_dir_all(&dir).unwrap();
-    // `runc delete` made the namespace's (empty) runc root.
-    let _ = std::fs::remove_dir("/run/containerd/runc/rr-delete-test");
 }
 
 #[test]
