@@ -29,7 +29,7 @@ usage() {
 }
 
 quick=0
-cases=1,2,3,4,5,6,7
+cases=1,2,3,4,5,6,7,8
 tsv=$here/results.tsv
 logdir=$here/logs
 while [ $# -gt 0 ]; do
@@ -60,6 +60,7 @@ if [ "$quick" = 1 ]; then
   RELAY_MIB=64 RELAY_W=0 RELAY_N=3       # case 5
   EXEC_W=1 EXEC_N=5                      # case 6
   TTY_W=1 TTY_N=3 TTY_MIB=8              # case 7
+  DIRECT_MIB=64 DIRECT_TTY_MIB=16 DIRECT_W=1 DIRECT_N=3   # case 8
   IDLE_S=1 SETTLE_S=2 IDLE_CPU_S=2
 else
   mode=full
@@ -70,6 +71,7 @@ else
   RELAY_MIB=256 RELAY_W=1 RELAY_N=5
   EXEC_W=2 EXEC_N=20
   TTY_W=1 TTY_N=5 TTY_MIB=32
+  DIRECT_MIB=256 DIRECT_TTY_MIB=64 DIRECT_W=1 DIRECT_N=5
   IDLE_S=3 SETTLE_S=3 IDLE_CPU_S=5
 fi
 CTR_TIMEOUT=60        # seconds for any one ctr command (a hang shows up as a failure, not a stall)
@@ -572,7 +574,7 @@ relay_once() { # shim id record(0/1)
   reg_id "$id"
   wait_quiet; base=$(reaped_lines); cgu; local u0=$CGU
   t0=$EPOCHREALTIME
-  out=$(C run --rm --fifo-dir "$fifodir" --runtime "${RT[$s]}" "$IMG" "$id" sh -c "head -c $bytes /dev/zero" 2>"$dir/stderr" \
+  out=$(C run --rm --fifo-dir "$fifodir" --runtime "${RT[$s]}" "$IMG" "$id" sh -c "dd if=/dev/zero bs=65536 count=$((bytes >> 16)) 2>/dev/null" 2>"$dir/stderr" \
     | "$PY" "$lib/tools.py" drain "$bytes"; echo " ${PIPESTATUS[0]}")
   t1=$EPOCHREALTIME
   set -- $out   # bytes seconds ok ctr_status
@@ -655,7 +657,7 @@ tty_once() { # shim id mib record -> records latency (mib=0) or throughput
   if [ "$mib" = 0 ]; then
     cmd="$(ctr_cmd) run -t --rm --fifo-dir $(printf %q "$fifodir") --runtime ${RT[$s]} $IMG $id true"
   else
-    cmd="$(ctr_cmd) run -t --rm --fifo-dir $(printf %q "$fifodir") --runtime ${RT[$s]} $IMG $id sh -c 'head -c $bytes /dev/zero'"
+    cmd="$(ctr_cmd) run -t --rm --fifo-dir $(printf %q "$fifodir") --runtime ${RT[$s]} $IMG $id sh -c 'dd if=/dev/zero bs=65536 count=$((bytes >> 16)) 2>/dev/null'"
   fi
   # script(1) puts everything ctr prints, its error messages too, on its stdout (the pty).
   t0=$EPOCHREALTIME
@@ -700,6 +702,41 @@ else
 fi
 wait_no_shims 30
 
+fi
+
+# ---- case 8: the shims' own relay, no containerd client reading ----------------------------------
+# Cases 5 and 7 measure what a user of ctr sees; there ctr (and for a TTY, script's pty) is the
+# slowest part of the chain. Here bench/lib/direct.py starts each shim itself (`start` in a bundle
+# on a plain busybox rootfs, then Create/Start/Wait/Delete/Shutdown over ttrpc, events to our
+# containerd) and splices the stdout fifo to /dev/null: `dd bs=64k` from /dev/zero in the container,
+# the shim's pipe or pty, the fifo. Shim CPU = its process CPU clock from Start to Wait.
+if want 8; then
+c8="8 shim relay, direct reader"
+log "case 8: shims driven directly, $DIRECT_MIB MiB stdout and $DIRECT_TTY_MIB MiB TTY, $DIRECT_W warm-up(s) + $DIRECT_N samples"
+mkdir -p "$dir/direct/rootfs/bin"
+cp /bin/busybox "$dir/direct/rootfs/bin/busybox"
+ln -s busybox "$dir/direct/rootfs/bin/dd"
+direct_once() { # shim mode mib n record
+  local s=$1 mode=$2 mib=$3 id=d$4-$1-$2 keep=$5 out bin
+  [ "$s" = go ] && bin=$go_bin || bin=$dir/bin/containerd-shim-rustrunc-v2
+  reg_id "$id"
+  if ! out=$(timeout -k 5 120 "$PY" "$lib/direct.py" "$bin" "$ns" "$sock" "$dir/direct/rootfs" "$dir/direct" "$id" \
+    "$mode" "$mib" 2>"$dir/stderr"); then
+    err "case 8 $s $mode: $(tr '\n' ' ' <"$dir/stderr")"
+    return 1
+  fi
+  set -- $out   # bytes seconds ok cpu_ns
+  if [ "$3" != 1 ]; then err "case 8 $s $mode: $1 bytes for $mib MiB"; return 1; fi
+  [ "$keep" = 1 ] || return 0
+  local what=stdout; [ "$mode" = tty ] && what=TTY
+  rec "$c8" "$what $mib MiB throughput" MiB/s higher "$s" "$(calc "$mib / $2")"
+  rec "$c8" "$what shim CPU per MiB" ms/MiB lower "$s" "$(calc "$4 / 1e6 / $mib")"
+}
+for m in pipe tty; do
+  [ "$m" = pipe ] && mib=$DIRECT_MIB || mib=$DIRECT_TTY_MIB
+  for ((i = 0; i < DIRECT_W; i++)); do for s in "${SHIMS[@]}"; do direct_once "$s" "$m" "$mib" "w$i" 0; done; done
+  for ((i = 0; i < DIRECT_N; i++)); do for s in "${SHIMS[@]}"; do direct_once "$s" "$m" "$mib" "$i" 1; done; done
+done
 fi
 
 # ---- report -----------------------------------------------------------------------------------
