@@ -11,7 +11,10 @@ use protobuf::well_known_types::timestamp::Timestamp;
 
 use crate::protos::shim::event::Envelope;
 use crate::protos::shim::events::ForwardRequest;
-use crate::protos::shim::events_ttrpc::EventsClient;
+use std::os::unix::net::UnixStream;
+use ttrpc::proto::{
+    Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_RESPONSE,
+};
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 5;
@@ -140,8 +143,8 @@ fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration) {
         let item = match rx.recv_timeout(idle) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
-                // ttrpc's sync client polls its socket every 10 ms while connected: an idle shim
-                // must not hold it open.
+                // Nothing to send for a while: the connection is given back (containerd holds a
+                // goroutine and an fd for it).
                 sink.idle();
                 // Nothing happened for a while: what the requests allocated and freed goes back too.
                 crate::memory::trim();
@@ -177,47 +180,110 @@ fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration) {
     }
 }
 
-/// containerd's ttrpc Events service, connected lazily and reconnected after any failure.
+/// containerd's ttrpc Events service over one blocking connection, opened with the first event and
+/// reopened after a failure. Not ttrpc's sync client: that one starts two threads per connection
+/// and polls its socket every 10 ms while connected (100 wake-ups a second per shim, for 2 s after
+/// every burst of events). A Forward is one request and one answer, so the events thread writes the
+/// frame and reads the answer itself; an open idle connection costs nothing.
 pub struct Containerd {
-    address: String,
-    client: Option<EventsClient>,
+    path: String,
+    /// The connection and the next stream id on it (client streams are odd).
+    conn: Option<(UnixStream, u32)>,
 }
+
+const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
 
 impl Containerd {
     pub fn new(ttrpc_address: &str) -> Containerd {
-        let address = ttrpc_address.trim_start_matches("unix://");
         Containerd {
-            address: format!("unix://{address}"),
-            client: None,
+            path: ttrpc_address.trim_start_matches("unix://").to_string(),
+            conn: None,
+        }
+    }
+
+    /// One request, one answer on the current connection (made if there is none).
+    fn call(&mut self, body: &[u8]) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            let c = UnixStream::connect(&self.path)?;
+            c.set_read_timeout(Some(FORWARD_TIMEOUT))?;
+            c.set_write_timeout(Some(FORWARD_TIMEOUT))?;
+            self.conn = Some((c, 1));
+        }
+        let (conn, next) = self.conn.as_mut().expect("connected above");
+        let stream_id = *next;
+        *next += 2;
+        let r = exchange(conn, stream_id, body);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+}
+
+fn exchange(mut conn: &UnixStream, stream_id: u32, body: &[u8]) -> std::io::Result<Response> {
+    use std::io::{Error, ErrorKind, Read, Write};
+    let mut frame: Vec<u8> = MessageHeader::new_request(stream_id, body.len() as u32).into();
+    frame.extend_from_slice(body);
+    conn.write_all(&frame)?;
+    loop {
+        let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
+        conn.read_exact(&mut hdr)?;
+        let mh = MessageHeader::from(&hdr);
+        if mh.length as usize > MESSAGE_LENGTH_MAX {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("answer of {} bytes", mh.length),
+            ));
+        }
+        let mut payload = vec![0u8; mh.length as usize];
+        conn.read_exact(&mut payload)?;
+        // Anything but our answer (nothing else is expected) is skipped.
+        if mh.stream_id == stream_id && mh.type_ == MESSAGE_TYPE_RESPONSE {
+            return <Response as Codec>::decode(&payload)
+                .map_err(|e| Error::new(ErrorKind::InvalidData, format!("undecodable answer: {e:?}")));
         }
     }
 }
 
 impl Sink for Containerd {
     fn idle(&mut self) {
-        self.client = None;
+        self.conn = None;
     }
 
     fn forward(&mut self, env: &Envelope) -> Result<(), String> {
-        if self.address == "unix://" {
+        if self.path.is_empty() {
             return Err("TTRPC_ADDRESS is not set: no way to reach containerd".into());
-        }
-        if self.client.is_none() {
-            let c =
-                ttrpc::Client::connect(&self.address).map_err(|e| format!("connecting to {}: {e}", self.address))?;
-            self.client = Some(EventsClient::new(c));
         }
         let mut req = ForwardRequest::new();
         req.envelope = Some(env.clone()).into();
-        let client = self.client.as_ref().expect("connected above");
-        match client.forward(ttrpc::context::with_duration(FORWARD_TIMEOUT), &req) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                self.client = None;
-                Err(e.to_string())
+        let request = Request {
+            service: EVENTS_SERVICE.into(),
+            method: "Forward".into(),
+            payload: protobuf::Message::write_to_bytes(&req).map_err(|e| e.to_string())?,
+            timeout_nano: FORWARD_TIMEOUT.as_nanos() as i64,
+            ..Default::default()
+        };
+        let body = request.encode().map_err(|e| format!("encoding: {e:?}"))?;
+        let reused = self.conn.is_some();
+        let answer = match self.call(&body) {
+            // A kept connection that a containerd restart closed: try a new one at once.
+            Err(e) if reused && stale(&e) => self.call(&body),
+            r => r,
+        };
+        let answer = answer.map_err(|e| format!("forwarding to {}: {e}", self.path))?;
+        match answer.status.as_ref() {
+            Some(st) if st.code() != ttrpc::Code::OK => {
+                Err(format!("containerd answered {:?}: {}", st.code(), st.message()))
             }
+            _ => Ok(()),
         }
     }
+}
+
+/// Errors that mean the connection was closed before our request reached anyone.
+fn stale(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), BrokenPipe | ConnectionReset | UnexpectedEof | NotConnected)
 }
 
 #[cfg(test)]
@@ -298,6 +364,107 @@ pub mod tests {
                 "/tasks/start containerd.events.TaskStart"
             ]
         );
+    }
+
+    /// A stand-in for containerd's Events service: answers each Forward with `answer(n)` (n counts
+    /// requests from 0) and closes the connection after request `close_after` on it, if given.
+    fn fake_containerd(
+        answer: fn(usize) -> Response,
+        close_after: Option<usize>,
+    ) -> (String, Arc<Mutex<Vec<(usize, String, String, String)>>>) {
+        use std::io::{Read, Write};
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rr-events-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for (conn_no, c) in listener.incoming().enumerate() {
+                let mut c = c.unwrap();
+                let mut on_conn = 0;
+                loop {
+                    let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
+                    if c.read_exact(&mut hdr).is_err() {
+                        break;
+                    }
+                    let mh = MessageHeader::from(&hdr);
+                    let mut body = vec![0u8; mh.length as usize];
+                    c.read_exact(&mut body).unwrap();
+                    let req = <Request as Codec>::decode(&body).unwrap();
+                    let fwd = <ForwardRequest as protobuf::Message>::parse_from_bytes(&req.payload).unwrap();
+                    log.lock()
+                        .unwrap()
+                        .push((conn_no, req.service, req.method, fwd.envelope.topic.clone()));
+                    let res = answer(n).encode().unwrap();
+                    let mut frame: Vec<u8> = MessageHeader::new_response(mh.stream_id, res.len() as u32).into();
+                    frame.extend_from_slice(&res);
+                    c.write_all(&frame).unwrap();
+                    n += 1;
+                    on_conn += 1;
+                    if Some(on_conn) == close_after {
+                        break;
+                    }
+                }
+            }
+        });
+        (path.to_string_lossy().into_owned(), seen)
+    }
+
+    fn envelope(topic: &str) -> Envelope {
+        let mut env = Envelope::new();
+        env.topic = topic.into();
+        env
+    }
+
+    #[test]
+    fn forward_is_one_request_on_a_kept_connection() {
+        let (path, seen) = fake_containerd(|_| Response::default(), None);
+        let mut c = Containerd::new(&format!("unix://{path}"));
+        c.forward(&envelope("/tasks/create")).unwrap();
+        c.forward(&envelope("/tasks/start")).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let _ = std::fs::remove_file(&path);
+        let events = "containerd.services.events.ttrpc.v1.Events".to_string();
+        assert_eq!(
+            seen,
+            vec![
+                (0, events.clone(), "Forward".into(), "/tasks/create".into()),
+                (0, events, "Forward".into(), "/tasks/start".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_connection_closed_by_containerd_is_replaced_without_an_error() {
+        // As after a containerd restart: the kept connection is dead by the next event.
+        let (path, seen) = fake_containerd(|_| Response::default(), Some(1));
+        let mut c = Containerd::new(&path);
+        c.forward(&envelope("/tasks/create")).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        c.forward(&envelope("/tasks/start")).unwrap();
+        let conns: Vec<usize> = seen.lock().unwrap().iter().map(|s| s.0).collect();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(conns, vec![0, 1]);
+    }
+
+    #[test]
+    fn an_error_status_from_containerd_is_an_error() {
+        let (path, _) = fake_containerd(
+            |_| Response {
+                status: Some(ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, "bad envelope")).into(),
+                ..Default::default()
+            },
+            None,
+        );
+        let e = Containerd::new(&path).forward(&envelope("/tasks/exit")).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.contains("bad envelope"), "{e}");
     }
 
     #[test]

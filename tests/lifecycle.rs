@@ -587,6 +587,44 @@ fn task_v3_service_and_other_users_refused() {
     assert_clean(&c);
 }
 
+/// Context switches of every thread of a process so far.
+fn context_switches(pid: u32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if l.contains("ctxt_switches:") {
+                n += l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_shim_sleeps_right_after_publishing_events() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let id = unique_id("quiet");
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
+    let pid = shim_pid(&id).expect("shim process");
+    // TaskCreate and TaskStart went out just now, on a connection that stays open for a while.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = context_switches(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let woke = context_switches(pid) - before;
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&c, &id, "STOPPED");
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_clean(&c);
+    // Nothing happens in that second: the process has nothing to wake up for. (A client that polls
+    // its connection every 10 ms shows about 100.)
+    assert!(woke < 20, "the shim woke {woke} times in 1 s with nothing to do");
+}
+
 #[test]
 fn sigkill_of_the_shim_is_cleaned_up_by_shim_delete() {
     if common::skip_if_unsupported() {
