@@ -366,12 +366,12 @@ pub mod tests {
         );
     }
 
+    /// (connection number, service, method, topic) of each request.
+    type Seen = Arc<Mutex<Vec<(usize, String, String, String)>>>;
+
     /// A stand-in for containerd's Events service: answers each Forward with `answer(n)` (n counts
     /// requests from 0) and closes the connection after request `close_after` on it, if given.
-    fn fake_containerd(
-        answer: fn(usize) -> Response,
-        close_after: Option<usize>,
-    ) -> (String, Arc<Mutex<Vec<(usize, String, String, String)>>>) {
+    fn fake_containerd(answer: fn(usize) -> Response, close_after: Option<usize>) -> (String, Seen) {
         use std::io::{Read, Write};
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
