@@ -168,3 +168,81 @@ fn shim_cgroup_and_runc_root() {
     );
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
+
+fn wait_task_status(c: &Containerd, id: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ls = c.ctr_ok(&["task", "ls"]);
+        if ls.lines().any(|l| l.starts_with(id) && l.trim_end().ends_with(want)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never {want}:\n{ls}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let (bin, log) = wrapper(&c, "/usr/sbin/runc");
+    let opts = options_file(&c, "runc.toml", &format!("BinaryName = \"{bin}\"\n"));
+    let kills = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" kill "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let run = |id: &str| {
+        // PID 1 ignores SIGTERM unless it has a handler: this one exits 3 on it.
+        let script = "trap 'exit 3' TERM; while :; do sleep 0.05; done";
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            &opts,
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            script,
+        ]);
+    };
+    let remove = |id: &str| {
+        c.ctr_ok(&["task", "rm", id]);
+        c.ctr_ok(&["containers", "rm", id]);
+    };
+
+    // A signal to a running init, and SIGKILL to all of a container with its own pid namespace: no runc.
+    let term = unique_id("kill-term");
+    run(&term);
+    c.ctr_ok(&["task", "kill", "-s", "SIGTERM", &term]);
+    wait_task_status(&c, &term, "STOPPED");
+    let all = unique_id("kill-all");
+    run(&all);
+    c.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", &all]);
+    wait_task_status(&c, &all, "STOPPED");
+    assert_eq!(kills(), Vec::<String>::new(), "runc kill ran");
+    let o = c.ctr(&["task", "kill", "-s", "SIGTERM", &term]);
+    assert!(!o.status.success(), "killing a stopped task succeeded");
+    remove(&term);
+    remove(&all);
+
+    // A paused container is runc's: it thaws the cgroup for SIGKILL, or the process could not die.
+    let paused = unique_id("kill-paused");
+    run(&paused);
+    c.ctr_ok(&["task", "pause", &paused]);
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &paused]);
+    wait_task_status(&c, &paused, "STOPPED");
+    let k = kills();
+    assert_eq!(k.len(), 1, "{k:?}");
+    assert!(k[0].ends_with(&format!("kill {paused} 9")), "{k:?}");
+    remove(&paused);
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
