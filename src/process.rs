@@ -176,6 +176,19 @@ impl Process {
         if g.state == State::Starting {
             g.state = if ok { State::Running } else { State::Created };
         }
+        self.exited.notify_all();
+    }
+
+    /// The state once a Start in progress has ended (at most `timeout` of waiting). The process runs,
+    /// and may write output, before `runc exec` returns and Start records its pid: a Kill in that
+    /// moment waits for it, as the Go shim's does (its kill takes the pid's lock, which Start holds).
+    pub fn state_after_start(&self, timeout: std::time::Duration) -> State {
+        let g = self.lock();
+        let (g, _) = self
+            .exited
+            .wait_timeout_while(g, timeout, |g| g.state == State::Starting)
+            .unwrap_or_else(|e| e.into_inner());
+        g.state
     }
 
     /// Records the exit; false when the process was already stopped or deleted (nothing to report).
@@ -291,6 +304,24 @@ mod tests {
 
     fn p() -> Process {
         Process::new("c", None, StdioPaths::default())
+    }
+
+    #[test]
+    fn state_after_start_waits_out_a_start_in_progress() {
+        let p = Arc::new(p());
+        assert_eq!(p.state_after_start(Duration::from_secs(5)), State::Created);
+        p.begin_start().unwrap();
+        let q = p.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            q.end_start(true);
+        });
+        assert_eq!(p.state_after_start(Duration::from_secs(5)), State::Running);
+        t.join().unwrap();
+        // A Start that does not end is waited for only as long as asked.
+        let r = super::Process::new("c", Some("e"), StdioPaths::default());
+        r.begin_start().unwrap();
+        assert_eq!(r.state_after_start(Duration::from_millis(20)), State::Starting);
     }
 
     #[test]

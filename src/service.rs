@@ -32,6 +32,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// a few milliseconds; a background process that keeps the pipe open, or a client that does not
 /// read, costs 100 ms (the wait stops when nothing moves for that long; the Go shim does not wait).
 const EXIT_DRAIN: Duration = Duration::from_secs(1);
+/// How long a Kill waits for a Start in progress to end (so that a Start that never returns cannot
+/// hold a Kill forever).
+const START_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Lifecycle {
@@ -664,7 +667,7 @@ impl Service {
             if matches!(p.state(), State::Stopped | State::Deleting) && !(req.all && c.kill_all_on_exit) {
                 return Err(Error::NotFound(format!("container {} is not running", c.id)));
             }
-            let direct = p.state() == State::Running
+            let direct = p.state_after_start(START_WAIT) == State::Running
                 && (!req.all || (req.signal == libc::SIGKILL as u32 && !c.kill_all_on_exit));
             if direct {
                 return signal(p.pid(), req.signal, || format!("container {}", c.id));
@@ -673,7 +676,7 @@ impl Service {
             return Ok(Empty::new());
         }
         // An exec is signalled directly; `all` does not apply to it.
-        match p.state() {
+        match p.state_after_start(START_WAIT) {
             State::Created | State::Starting => Err(Error::FailedPrecondition(format!(
                 "exec {} has not been started",
                 p.id()

@@ -246,3 +246,56 @@ fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
     remove(&paused);
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
+
+#[test]
+fn kill_during_an_exec_start_waits_for_it_instead_of_failing() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    // A runtime whose `exec` returns a second after the process started: the exec runs (and could be
+    // writing output) while the shim's Start is still in progress.
+    let script = c.dir.join("slow-exec-runc");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \" $* \" in *\" exec \"*) /usr/sbin/runc \"$@\"; rc=$?; sleep 1; exit $rc;; esac\nexec /usr/sbin/runc \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = options_file(&c, "slow.toml", &format!("BinaryName = \"{}\"\n", script.display()));
+    let id = unique_id("kill-starting");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &opts,
+        IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let mut exec = c.spawn_ctr(&["task", "exec", "--exec-id", "slow", &id, "sleep", "1000"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let o = c.ctr(&["task", "kill", "-s", "SIGKILL", "--exec-id", "slow", &id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        match exec.try_wait().unwrap() {
+            Some(s) => break Some(s),
+            None if std::time::Instant::now() > deadline => {
+                let _ = exec.kill();
+                let _ = exec.wait();
+                break None;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_task_status(&c, &id, "STOPPED");
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert!(o.status.success(), "kill during Start: {o:?}");
+    assert_eq!(status.and_then(|s| s.code()), Some(137), "the exec was not killed");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
