@@ -940,15 +940,19 @@ fn shim_daemons(address: &str, dir: &Path) -> Vec<(u32, String)> {
         .into_iter()
         .filter(|(_, argv)| {
             argv.first().is_some_and(|a0| a0.ends_with(SHIM_NAME))
+                && argv.iter().any(|a| a == "-address")
                 && !argv.iter().any(|a| a == "start" || a == "delete" || a == "-info")
         })
         .collect();
     // A daemon forking runc shows up twice for a moment: the child still has the daemon's argv
-    // until it execs. Children of a listed daemon are not daemons.
+    // until it execs. Children of a listed daemon are not daemons. Nor is a process that is gone by
+    // the time its parent is read: a `shim delete` exiting reads back a cut argv ("… -namespace
+    // k8s."), without its "delete".
     let pids: Vec<u32> = shims.iter().map(|(p, _)| *p).collect();
     shims
         .into_iter()
-        .filter(|(pid, _)| !parent_of(*pid).is_some_and(|pp| pids.contains(&pp)))
+        .filter(|(pid, _)| parent_of(*pid).is_some_and(|pp| !pids.contains(&pp)))
+        .filter(|(pid, _)| !is_zombie(*pid))
         .map(|(pid, argv)| (pid, argv.join(" ")))
         .collect()
 }
