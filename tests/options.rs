@@ -28,6 +28,22 @@ fn wrapper(c: &Containerd, real: &str) -> (String, std::path::PathBuf) {
     (script.to_string_lossy().into_owned(), log)
 }
 
+/// `ctr run <mode> --runtime ours --runtime-config-path <opts> IMAGE <id> <cmd...>`.
+fn run_args<'a>(mode: &'a str, opts: &'a str, id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "run",
+        mode,
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        opts,
+        IMAGE,
+        id,
+    ];
+    a.extend_from_slice(cmd);
+    a
+}
+
 fn options_file(c: &Containerd, name: &str, toml: &str) -> String {
     let p = c.dir.join(name);
     std::fs::write(&p, toml).unwrap();
@@ -54,18 +70,7 @@ fn crun_through_binary_name_with_no_pivot_root() {
         &format!("BinaryName = \"{bin}\"\nNoPivotRoot = true\n"),
     );
     let id = unique_id("crun");
-    let o = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &opts,
-        IMAGE,
-        &id,
-        "echo",
-        "via-crun",
-    ]);
+    let o = c.ctr(&run_args("--rm", &opts, &id, &["echo", "via-crun"]));
     let argv = std::fs::read_to_string(&log).unwrap_or_default();
     let create = argv
         .lines()
@@ -92,19 +97,12 @@ fn io_gid_owns_the_pipes() {
     let c = Containerd::start();
     let opts = options_file(&c, "io.toml", "IoUid = 1234\nIoGid = 5678\n");
     let id = unique_id("iouid");
-    let out = c.ctr_ok(&[
-        "run",
+    let out = c.ctr_ok(&run_args(
         "--rm",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
         &opts,
-        IMAGE,
         &id,
-        "sh",
-        "-c",
-        "stat -L -c '%g' /proc/self/fd/1 /proc/self/fd/2",
-    ]);
+        &["sh", "-c", "stat -L -c '%g' /proc/self/fd/1 /proc/self/fd/2"],
+    ));
     // runc hands the pipes' uid to the container's user (fixStdioPermissions, which matters under user
     // namespaces, where IoUid is the host side of the container's root); the group stays IoGid.
     assert_eq!(out, "5678\n5678\n");
@@ -139,18 +137,7 @@ fn shim_cgroup_and_runc_root() {
         &format!("ShimCgroup = \"/{name}\"\nRoot = \"{}\"\n", root.display()),
     );
     let id = unique_id("shimcg");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &opts,
-        IMAGE,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    c.ctr_ok(&run_args("-d", &opts, &id, &["sleep", "1000"]));
     let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
     let shim_in_cgroup = procs.lines().any(|pid| {
         std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -200,19 +187,7 @@ fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
     let run = |id: &str| {
         // PID 1 ignores SIGTERM unless it has a handler: this one exits 3 on it.
         let script = "trap 'exit 3' TERM; while :; do sleep 0.05; done";
-        c.ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--runtime-config-path",
-            &opts,
-            IMAGE,
-            id,
-            "sh",
-            "-c",
-            script,
-        ]);
+        c.ctr_ok(&run_args("-d", &opts, id, &["sh", "-c", script]));
     };
     let remove = |id: &str| {
         c.ctr_ok(&["task", "rm", id]);
@@ -264,18 +239,7 @@ fn kill_during_an_exec_start_waits_for_it_instead_of_failing() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let opts = options_file(&c, "slow.toml", &format!("BinaryName = \"{}\"\n", script.display()));
     let id = unique_id("kill-starting");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &opts,
-        IMAGE,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    c.ctr_ok(&run_args("-d", &opts, &id, &["sleep", "1000"]));
     let mut exec = c.spawn_ctr(&["task", "exec", "--exec-id", "slow", &id, "sleep", "1000"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let o = c.ctr(&["task", "kill", "-s", "SIGKILL", "--exec-id", "slow", &id]);
