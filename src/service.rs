@@ -801,11 +801,14 @@ fn ignore_not_found(e: Error) -> Result<()> {
 /// cannot be reused before our reaper collects it; what remains is the moment between that and the
 /// exit being recorded, which `runc kill` and the Go shim's exec kill have too.
 fn signal(pid: u32, signal: u32, what: impl Fn() -> String) -> Result<Empty> {
-    if signal == 0 || signal > libc::SIGRTMAX() as u32 || pid == 0 {
+    if signal == 0 || signal > libc::SIGRTMAX() as u32 {
         return Err(Error::InvalidArgument(format!(
             "invalid signal {signal} for {}",
             what()
         )));
+    }
+    if pid == 0 {
+        return Err(Error::FailedPrecondition(format!("{} has no pid yet", what())));
     }
     if unsafe { libc::kill(pid as i32, signal as i32) } == 0 {
         return Ok(Empty::new());
