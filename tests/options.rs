@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use common::events::{wait_child, wait_status};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// A runtime binary that logs its argv, then runs the real one.
@@ -146,7 +147,7 @@ fn shim_cgroup_and_runc_root() {
     assert!(shim_in_cgroup, "shim not in {}: {procs:?}", cg.display());
     assert!(root.join(&c.namespace).join(&id).is_dir(), "runc state not under Root");
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    common::events::wait_status(&c, &id, "STOPPED");
+    wait_status(&c, &id, "STOPPED");
     c.ctr_ok(&["task", "rm", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
     assert!(
@@ -154,18 +155,6 @@ fn shim_cgroup_and_runc_root() {
         "runc state left under Root"
     );
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
-}
-
-fn wait_task_status(c: &Containerd, id: &str, want: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let ls = c.ctr_ok(&["task", "ls"]);
-        if ls.lines().any(|l| l.starts_with(id) && l.trim_end().ends_with(want)) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{id} never {want}:\n{ls}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -198,11 +187,11 @@ fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
     let term = unique_id("kill-term");
     run(&term);
     c.ctr_ok(&["task", "kill", "-s", "SIGTERM", &term]);
-    wait_task_status(&c, &term, "STOPPED");
+    wait_status(&c, &term, "STOPPED");
     let all = unique_id("kill-all");
     run(&all);
     c.ctr_ok(&["task", "kill", "--all", "-s", "SIGKILL", &all]);
-    wait_task_status(&c, &all, "STOPPED");
+    wait_status(&c, &all, "STOPPED");
     assert_eq!(kills(), Vec::<String>::new(), "runc kill ran");
     let o = c.ctr(&["task", "kill", "-s", "SIGTERM", &term]);
     assert!(!o.status.success(), "killing a stopped task succeeded");
@@ -214,7 +203,7 @@ fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
     run(&paused);
     c.ctr_ok(&["task", "pause", &paused]);
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &paused]);
-    wait_task_status(&c, &paused, "STOPPED");
+    wait_status(&c, &paused, "STOPPED");
     let k = kills();
     assert_eq!(k.len(), 1, "{k:?}");
     assert!(k[0].ends_with(&format!("kill {paused} 9")), "{k:?}");
@@ -243,23 +232,12 @@ fn kill_during_an_exec_start_waits_for_it_instead_of_failing() {
     let mut exec = c.spawn_ctr(&["task", "exec", "--exec-id", "slow", &id, "sleep", "1000"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let o = c.ctr(&["task", "kill", "-s", "SIGKILL", "--exec-id", "slow", &id]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        match exec.try_wait().unwrap() {
-            Some(s) => break Some(s),
-            None if std::time::Instant::now() > deadline => {
-                let _ = exec.kill();
-                let _ = exec.wait();
-                break None;
-            }
-            None => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    };
+    let status = wait_child(&mut exec, std::time::Duration::from_secs(20));
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    wait_task_status(&c, &id, "STOPPED");
+    wait_status(&c, &id, "STOPPED");
     c.ctr_ok(&["task", "rm", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
     assert!(o.status.success(), "kill during Start: {o:?}");
-    assert_eq!(status.and_then(|s| s.code()), Some(137), "the exec was not killed");
+    assert_eq!(status.code(), Some(137), "the exec was not killed");
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }

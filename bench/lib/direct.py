@@ -30,6 +30,8 @@ import sys
 import threading
 import time
 
+from tools import cpu_ns  # bench/lib/tools.py, beside this script
+
 SERVICE = "containerd.task.v2.Task"
 
 
@@ -105,10 +107,6 @@ class Conn:
                 raise RuntimeError("shim closed the connection")
             b += c
         return b
-
-
-def cpu_ns(pid):
-    return time.clock_gettime_ns(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
 
 
 def main():

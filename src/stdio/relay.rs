@@ -468,14 +468,21 @@ mod tests {
         (r.into(), w.into())
     }
 
+    /// A stream from `src` to `dst` and what says it ended.
+    fn watched(src: OwnedFd, dst: OwnedFd, console: bool) -> (Stream, std::sync::mpsc::Receiver<()>) {
+        let (tx, rx) = channel();
+        let mut s = Stream::new(src, dst);
+        s.console_src = console;
+        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        (s, rx)
+    }
+
     #[test]
     fn pipe_to_pipe_moves_everything_then_closes() {
         let relay = Relay::start().unwrap();
         let (src_r, mut src_w) = pipe();
         let (mut dst_r, dst_w) = pipe();
-        let (tx, rx) = channel();
-        let mut s = Stream::new(src_r.into(), dst_w.into());
-        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        let (s, rx) = watched(src_r.into(), dst_w.into(), false);
         relay.add(s);
         let data: Vec<u8> = (0..3 << 20).map(|i| (i * 7 % 251) as u8).collect();
         let expect = data.clone();
@@ -493,9 +500,7 @@ mod tests {
         let (src_r, mut src_w) = pipe();
         unsafe { libc::fcntl(src_r.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         let (mut dst_r, dst_w) = pipe();
-        let (tx, rx) = channel();
-        let mut s = Stream::new(src_r.into(), dst_w.into());
-        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        let (s, rx) = watched(src_r.into(), dst_w.into(), false);
         relay.add(s);
         // 16 MiB in 4 KiB writes a little apart, as a process writes; the reader takes 1 MiB at a time.
         let total = 16 << 20;
@@ -533,10 +538,7 @@ mod tests {
         nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
         let relay = Relay::start().unwrap();
         let (mut dst_r, dst_w) = pipe();
-        let (tx, rx) = channel();
-        let mut s = Stream::new(pty.master, dst_w.into());
-        s.console_src = true;
-        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        let (s, rx) = watched(pty.master, dst_w.into(), true);
         let id = relay.add(s);
         let total = 4 << 20;
         let mut slave = std::fs::File::from(pty.slave);
@@ -568,10 +570,7 @@ mod tests {
         let pty = nix::pty::openpty(None, None).unwrap();
         let relay = Relay::start().unwrap();
         let (mut dst_r, dst_w) = pipe();
-        let (tx, rx) = channel();
-        let mut s = Stream::new(pty.master, dst_w.into());
-        s.console_src = true;
-        s.on_done = Some(Box::new(move || tx.send(()).unwrap()));
+        let (s, rx) = watched(pty.master, dst_w.into(), true);
         let mut slave = std::fs::File::from(pty.slave);
         slave.write_all(b"before hangup\n").unwrap();
         let id = relay.add(s);
