@@ -1,10 +1,19 @@
 //! Task events, forwarded to containerd over ttrpc (`Events.Forward` on `TTRPC_ADDRESS`) from one
 //! ordered queue by one thread. A failed forward is retried (reconnecting) before the next event is
-//! sent, so retries never reorder events; after the last retry the event is dropped and logged.
+//! sent, so retries never reorder events.
+//!
+//! No event is lost while the shim lives: while containerd cannot be reached (restarting, stopped,
+//! upgraded) an event is retried with backoff for as long as it takes, and the events behind it
+//! wait, in order, in a bounded queue ([`QUEUE_MAX`]; a publisher waits when it is full, and says
+//! so in the log). A containerd that takes the request but does not answer (SIGSTOPped, overloaded)
+//! is waited for on the same connection ([`ANSWER_PATIENCE`]) rather than sent the event again:
+//! every resend may be a duplicate, as the first request may have been processed. Only an event
+//! that containerd answers with an error is given up after [`ATTEMPTS`] tries.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::timestamp::Timestamp;
@@ -16,8 +25,17 @@ use ttrpc::proto::{
     Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_RESPONSE,
 };
 
+/// How long one write, or one wait for the answer, may take before it is logged (writes: retried).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer is waited for on a connection that containerd keeps open before the event is
+/// sent again on a new one.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(60);
+/// Tries of an event that containerd refuses (answers with an error status).
 const ATTEMPTS: u32 = 5;
+/// The longest pause between two tries while containerd cannot be reached.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Events waiting for containerd; a publisher waits when there are this many.
+pub const QUEUE_MAX: usize = 8192;
 /// How long the connection to containerd outlives the last event.
 const IDLE_DISCONNECT: Duration = Duration::from_secs(2);
 
@@ -76,16 +94,36 @@ enum Item {
     Flush(SyncSender<()>),
 }
 
+/// Why a forward failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardError {
+    /// containerd could not be reached or did not answer: retried for as long as it takes.
+    Unreachable(String),
+    /// containerd answered with an error, or there is no containerd to send to: retried
+    /// [`ATTEMPTS`] times, then dropped.
+    Refused(String),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::Unreachable(m) | ForwardError::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Where envelopes go: containerd, or a test's recorder.
 pub trait Sink: Send + 'static {
-    fn forward(&mut self, env: &Envelope) -> Result<(), String>;
+    fn forward(&mut self, env: &Envelope) -> Result<(), ForwardError>;
     /// Nothing to send for a while: release what is not needed until the next event.
     fn idle(&mut self) {}
 }
 
 pub struct Publisher {
-    tx: Mutex<Sender<Item>>,
+    tx: SyncSender<Item>,
     namespace: String,
+    /// Events published and not yet forwarded (or given up).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Publisher {
@@ -95,16 +133,28 @@ impl Publisher {
 
     /// As `new`, with how long the sink may stay idle before it is told so.
     pub fn with_idle(namespace: &str, sink: impl Sink, idle: Duration) -> Publisher {
-        let (tx, rx) = channel();
+        Publisher::with(namespace, sink, idle, MAX_BACKOFF)
+    }
+
+    fn with(namespace: &str, sink: impl Sink, idle: Duration, max_backoff: Duration) -> Publisher {
+        let (tx, rx) = sync_channel(QUEUE_MAX);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
         std::thread::Builder::new()
             .name("events".into())
             .stack_size(128 * 1024)
-            .spawn(move || forward_loop(rx, sink, idle))
+            .spawn(move || forward_loop(rx, sink, idle, max_backoff, &q))
             .expect("spawning the events thread");
         Publisher {
-            tx: Mutex::new(tx),
+            tx,
             namespace: namespace.to_string(),
+            queued,
         }
+    }
+
+    /// Events waiting to be forwarded.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Queues an event; events are delivered in the order of these calls.
@@ -115,30 +165,35 @@ impl Publisher {
         env.topic = topic.to_string();
         env.event = Some(to_any(event)).into();
         log::debug!("event {topic}");
-        let _ = self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Item::Event(Box::new(env)));
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if let Err(TrySendError::Full(item)) = self.tx.try_send(Item::Event(Box::new(env))) {
+            log::warn!("{QUEUE_MAX} events wait for containerd: waiting to queue {topic}");
+            let _ = self.tx.send(item);
+        }
     }
 
     /// Waits until everything queued so far was forwarded (or given up on), at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = sync_channel(1);
-        if self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Item::Flush(tx))
-            .is_err()
-        {
-            return false;
+        let deadline = Instant::now() + timeout;
+        let mut item = Item::Flush(tx);
+        // The queue may be full (containerd away): wait for room only until the deadline.
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => break,
+                Err(TrySendError::Full(i)) if Instant::now() < deadline => {
+                    item = i;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return false,
+            }
         }
-        rx.recv_timeout(timeout).is_ok()
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 
-fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration) {
+fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration, max_backoff: Duration, queued: &AtomicUsize) {
     loop {
         let item = match rx.recv_timeout(idle) {
             Ok(item) => item,
@@ -160,23 +215,55 @@ fn forward_loop(rx: Receiver<Item>, mut sink: impl Sink, idle: Duration) {
                 let _ = done.send(());
             }
             Item::Event(env) => {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match sink.forward(&env) {
-                        Ok(()) => break,
-                        Err(e) if attempt >= ATTEMPTS => {
-                            log::error!("dropping event {} after {attempt} attempts: {e}", env.topic);
-                            break;
-                        }
-                        Err(e) => {
-                            log::warn!("forwarding event {} (attempt {attempt}): {e}", env.topic);
-                            std::thread::sleep(Duration::from_millis(100 << attempt));
-                        }
-                    }
+                deliver(&mut sink, &env, max_backoff, queued);
+                queued.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Forwards one event: for as long as containerd is unreachable, [`ATTEMPTS`] times if it refuses.
+fn deliver(sink: &mut impl Sink, env: &Envelope, max_backoff: Duration, queued: &AtomicUsize) {
+    let started = Instant::now();
+    let mut refusals = 0;
+    let mut backoff = Duration::from_millis(100);
+    let mut tries: u64 = 0;
+    loop {
+        tries += 1;
+        match sink.forward(env) {
+            Ok(()) => {
+                if tries > 1 {
+                    log::info!(
+                        "event {} delivered after {tries} tries ({:.1?}); {} more queued",
+                        env.topic,
+                        started.elapsed(),
+                        queued.load(Ordering::Relaxed).saturating_sub(1)
+                    );
+                }
+                return;
+            }
+            Err(ForwardError::Refused(e)) => {
+                refusals += 1;
+                if refusals >= ATTEMPTS {
+                    log::error!("dropping event {} after {refusals} refusals: {e}", env.topic);
+                    return;
+                }
+                log::warn!("forwarding event {} (refused {refusals} times): {e}", env.topic);
+            }
+            Err(ForwardError::Unreachable(e)) => {
+                // Said once, then every ~30 s while it lasts.
+                if tries == 1 || tries % 15 == 0 {
+                    log::warn!(
+                        "containerd unreachable for {:.0?}, {} events waiting, retrying {}: {e}",
+                        started.elapsed(),
+                        queued.load(Ordering::Relaxed),
+                        env.topic
+                    );
                 }
             }
         }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 
@@ -227,7 +314,7 @@ fn exchange(mut conn: &UnixStream, stream_id: u32, body: &[u8]) -> std::io::Resu
     conn.write_all(&frame)?;
     loop {
         let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
-        conn.read_exact(&mut hdr)?;
+        read_patiently(conn, &mut hdr)?;
         let mh = MessageHeader::from(&hdr);
         if mh.length as usize > MESSAGE_LENGTH_MAX {
             return Err(Error::new(
@@ -250,34 +337,68 @@ impl Sink for Containerd {
         self.conn = None;
     }
 
-    fn forward(&mut self, env: &Envelope) -> Result<(), String> {
+    fn forward(&mut self, env: &Envelope) -> Result<(), ForwardError> {
         if self.path.is_empty() {
-            return Err("TTRPC_ADDRESS is not set: no way to reach containerd".into());
+            return Err(ForwardError::Refused(
+                "TTRPC_ADDRESS is not set: no way to reach containerd".into(),
+            ));
         }
         let mut req = ForwardRequest::new();
         req.envelope = Some(env.clone()).into();
         let request = Request {
             service: EVENTS_SERVICE.into(),
             method: "Forward".into(),
-            payload: protobuf::Message::write_to_bytes(&req).map_err(|e| e.to_string())?,
+            payload: protobuf::Message::write_to_bytes(&req).map_err(|e| ForwardError::Refused(e.to_string()))?,
             timeout_nano: FORWARD_TIMEOUT.as_nanos() as i64,
             ..Default::default()
         };
-        let body = request.encode().map_err(|e| format!("encoding: {e:?}"))?;
+        let body = request
+            .encode()
+            .map_err(|e| ForwardError::Refused(format!("encoding: {e:?}")))?;
         let reused = self.conn.is_some();
         let answer = match self.call(&body) {
             // A kept connection that a containerd restart closed: try a new one at once.
             Err(e) if reused && stale(&e) => self.call(&body),
             r => r,
         };
-        let answer = answer.map_err(|e| format!("forwarding to {}: {e}", self.path))?;
+        let answer = answer.map_err(|e| ForwardError::Unreachable(format!("forwarding to {}: {e}", self.path)))?;
         match answer.status.as_ref() {
-            Some(st) if st.code() != ttrpc::Code::OK => {
-                Err(format!("containerd answered {:?}: {}", st.code(), st.message()))
-            }
+            Some(st) if st.code() != ttrpc::Code::OK => Err(ForwardError::Refused(format!(
+                "containerd answered {:?}: {}",
+                st.code(),
+                st.message()
+            ))),
             _ => Ok(()),
         }
     }
+}
+
+/// Reads a whole answer header. Before its first byte, a read timeout only means containerd has not
+/// answered yet: the request is in its hands, so it is waited for (up to [`ANSWER_PATIENCE`]) rather
+/// than sent again.
+fn read_patiently(mut conn: &UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::{ErrorKind, Read};
+    let started = Instant::now();
+    let mut got = 0;
+    while got < buf.len() {
+        match conn.read(&mut buf[got..]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e)
+                if got == 0
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                    && started.elapsed() < ANSWER_PATIENCE =>
+            {
+                log::warn!(
+                    "containerd has not answered an event for {:.0?}; still waiting",
+                    started.elapsed()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Errors that mean the connection was closed before our request reached anyone.
@@ -290,7 +411,7 @@ fn stale(e: &std::io::Error) -> bool {
 pub mod tests {
     use super::*;
     use crate::protos::events::task::{TaskCreate, TaskExit, TaskStart};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     /// Records topics; fails the first `fail` forwards to exercise the retry path.
     pub struct Recorder {
@@ -303,10 +424,10 @@ pub mod tests {
             self.seen.lock().unwrap().push("idle".into());
         }
 
-        fn forward(&mut self, env: &Envelope) -> Result<(), String> {
+        fn forward(&mut self, env: &Envelope) -> Result<(), ForwardError> {
             if self.fail > 0 {
                 self.fail -= 1;
-                return Err("broken".into());
+                return Err(ForwardError::Unreachable("broken".into()));
             }
             assert_eq!(env.namespace, "ns");
             self.seen
@@ -464,7 +585,89 @@ pub mod tests {
         );
         let e = Containerd::new(&path).forward(&envelope("/tasks/exit")).unwrap_err();
         let _ = std::fs::remove_file(&path);
-        assert!(e.contains("bad envelope"), "{e}");
+        assert!(
+            matches!(&e, ForwardError::Refused(m) if m.contains("bad envelope")),
+            "{e}"
+        );
+    }
+
+    /// Fails every forward with `unreachable` for the first `down` of them, then `refused` ones.
+    struct Flaky {
+        down: u32,
+        refuse: bool,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Sink for Flaky {
+        fn forward(&mut self, env: &Envelope) -> Result<(), ForwardError> {
+            if self.down > 0 {
+                self.down -= 1;
+                return Err(ForwardError::Unreachable("connection refused".into()));
+            }
+            if self.refuse && env.topic == "/tasks/oom" {
+                return Err(ForwardError::Refused("bad".into()));
+            }
+            self.seen.lock().unwrap().push(env.topic.clone());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_unreachable_containerd_loses_nothing_and_a_refused_event_is_dropped() {
+        // 40 tries is far more than the old code's 5 attempts (it dropped the event).
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let p = Publisher::with(
+            "ns",
+            Flaky {
+                down: 40,
+                refuse: true,
+                seen: seen.clone(),
+            },
+            IDLE_DISCONNECT,
+            Duration::from_millis(1),
+        );
+        for topic in ["/tasks/exit", "/tasks/oom", "/tasks/delete"] {
+            p.publish(topic, &TaskExit::new());
+        }
+        assert!(p.flush(Duration::from_secs(30)));
+        assert_eq!(*seen.lock().unwrap(), vec!["/tasks/exit", "/tasks/delete"]);
+        assert_eq!(p.queued(), 0);
+    }
+
+    #[test]
+    fn a_containerd_that_does_not_answer_yet_is_waited_for_not_sent_the_event_again() {
+        use std::io::{Read, Write};
+        // A containerd that takes 7 s to answer (SIGSTOPped): more than FORWARD_TIMEOUT.
+        let path = std::env::temp_dir().join(format!("rr-events-slow-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = requests.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                let mut c = c.unwrap();
+                let r = r.clone();
+                std::thread::spawn(move || loop {
+                    let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
+                    if c.read_exact(&mut hdr).is_err() {
+                        return;
+                    }
+                    let mh = MessageHeader::from(&hdr);
+                    let mut body = vec![0u8; mh.length as usize];
+                    c.read_exact(&mut body).unwrap();
+                    r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(FORWARD_TIMEOUT + Duration::from_secs(2));
+                    let res = Response::default().encode().unwrap();
+                    let mut frame: Vec<u8> = MessageHeader::new_response(mh.stream_id, res.len() as u32).into();
+                    frame.extend_from_slice(&res);
+                    let _ = c.write_all(&frame);
+                });
+            }
+        });
+        let mut c = Containerd::new(path.to_str().unwrap());
+        c.forward(&envelope("/tasks/exit")).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1, "sent once");
     }
 
     #[test]
