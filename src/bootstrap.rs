@@ -141,16 +141,19 @@ pub fn start(flags: &Flags) -> Result<String> {
         }
         Err(e) => return Err(Error::Other(format!("listening on {path}: {e}"))),
     };
+    let mut daemon = None;
     let result = (|| {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ctx(|| format!("chmod {path}"))?;
-        let pid = spawn_daemon(flags, &path, &listener)?;
-        if let Err(e) = place_daemon(pid, &start_input.options) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
-            return Err(e);
-        }
+        let child = daemon.insert(spawn_daemon(flags, &path, &listener)?);
+        place_daemon(child.id(), &start_input.options)?;
         write_address(&bundle, &address)
     })();
     if let Err(e) = result {
+        // Nobody will ever learn this daemon's address: it must not outlive us.
+        if let Some(mut child) = daemon {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = fs::remove_file(&path);
         return Err(e);
     }
@@ -163,7 +166,7 @@ fn write_address(bundle: &Path, address: &str) -> Result<()> {
 
 /// fork+exec of ourselves as the daemon, with the listener as fd 3 and stdio on /dev/null (containerd
 /// reads `start`'s combined output until EOF: the daemon must not hold it).
-fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<u32> {
+fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<std::process::Child> {
     let exe = std::env::current_exe().ctx(|| "finding our own executable")?;
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -201,9 +204,8 @@ fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<
             Ok(())
         });
     }
-    let child = cmd.spawn().ctx(|| "starting the shim daemon")?;
-    // The daemon is reaped by whoever adopts it once `start` exits; never wait here.
-    Ok(child.id())
+    // Once `start` has succeeded the daemon is reaped by whoever adopts it when `start` exits.
+    cmd.spawn().ctx(|| "starting the shim daemon")
 }
 
 /// Puts the daemon into ShimCgroup and one point above containerd for the OOM killer.
