@@ -1,17 +1,30 @@
-//! Daemon mode: the long-running shim that serves ttrpc to containerd.
+//! Daemon mode: the long-running shim that serves ttrpc to containerd. It wires the event loop and
+//! its subscribers (the ttrpc server, the relay, signals and the reaper, OOM notifications), the
+//! events thread and the worker pool; the main thread handles exits in order and shutdown.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::mpsc::channel;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::EpollFlags;
 
 use crate::bootstrap::LISTENER_FD;
 use crate::cli::Flags;
 use crate::error::{Context, Result};
+use crate::event_loop::{EventLoop, Ops, Subscriber};
 use crate::events::{Containerd, Publisher};
 use crate::protos::shim::shim_ttrpc::create_task;
+use crate::server::{Methods, Parked, Server};
 use crate::service::{Msg, Service};
 use crate::stdio::relay::Relay;
+
+/// How long a daemon that was never given a container waits before it exits (containerd died right
+/// after `start`, or gave up on the task): nobody else would ever stop it.
+const IDLE_EXIT: Duration = Duration::from_secs(60);
+/// Overrides [`IDLE_EXIT`], in seconds (tests).
+const IDLE_EXIT_ENV: &str = "RUSTRUNC_IDLE_EXIT_SECS";
 
 /// Points stderr (and so the logger and any panic message) at the bundle's `log` fifo.
 fn open_log() {
@@ -22,16 +35,14 @@ fn open_log() {
     else {
         return;
     };
-    unsafe { libc::dup2(f.as_raw_fd(), 2) };
+    let _ = nix::unistd::dup2(f.as_raw_fd(), 2);
 }
 
 use std::os::unix::fs::OpenOptionsExt;
 
 /// containerd 2.x speaks `containerd.task.v3.Task` to shims that serve it: the messages are the same as
 /// v2's, only the service name differs.
-fn task_v3(
-    v2: HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>>,
-) -> HashMap<String, Box<dyn ttrpc::MethodHandler + Send + Sync>> {
+fn task_v3<T>(v2: HashMap<String, T>) -> HashMap<String, T> {
     v2.into_iter()
         .map(|(path, h)| {
             (
@@ -42,13 +53,39 @@ fn task_v3(
         .collect()
 }
 
+/// Exits the daemon if no container was created within its time (see [`IDLE_EXIT`]).
+struct IdleExit {
+    service: Arc<Service>,
+    after: Duration,
+}
+
+impl Subscriber for IdleExit {
+    fn name(&self) -> &'static str {
+        "idle-exit"
+    }
+
+    fn init(&mut self, ops: &mut Ops) {
+        ops.timer(Instant::now() + self.after, 0);
+    }
+
+    fn ready(&mut self, _: u64, _: EpollFlags, _: &mut Ops) {}
+
+    fn timer(&mut self, _: u64, _: &mut Ops) {
+        if !self.service.ever_created() && self.service.is_empty() {
+            log::warn!("no container was created in {:?}: exiting", self.after);
+            self.service.shutdown_now();
+        }
+    }
+}
+
 pub fn run(flags: &Flags) -> Result<()> {
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    nix::sys::prctl::set_child_subreaper(true).ctx(|| "becoming a child subreaper")?;
     open_log();
     crate::logger::init(flags.debug);
     // The inherited listener must not leak into runc or the containers.
     let listener = if nix::sys::stat::fstat(LISTENER_FD).is_ok() {
-        unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        nix::fcntl::fcntl(LISTENER_FD, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .ctx(|| "setting close-on-exec on the listener")?;
         // SAFETY: fd 3 is the listening socket `start` passed us, and nothing else owns it.
         unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) }
     } else if !flags.socket.is_empty() {
@@ -61,10 +98,10 @@ pub fn run(flags: &Flags) -> Result<()> {
 
     let (tx, rx) = channel::<Msg>();
     let on_term = tx.clone();
-    let relay = Relay::start().ctx(|| "starting the io thread")?;
-    // Signals are handled on the io thread: one thread fewer.
+    let lp = EventLoop::new().ctx(|| "creating the event loop")?;
+    let relay = Relay::on(&lp);
     crate::reaper::watch_signals(
-        &relay,
+        &lp,
         Box::new(move || {
             let _ = on_term.send(Msg::Shutdown);
         }),
@@ -74,9 +111,47 @@ pub fn run(flags: &Flags) -> Result<()> {
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
     let service = Service::start(&flags.namespace, events, relay, tx).ctx(|| "starting the task service")?;
 
-    let mut methods = create_task(service.clone());
+    let mut methods: Methods = create_task(service.clone());
     methods.extend(task_v3(create_task(service.clone())));
-    crate::server::serve(listener, methods).ctx(|| "starting the ttrpc server")?;
+    let mut parked: Parked = HashMap::new();
+    let s = service.clone();
+    parked.insert(
+        "/containerd.task.v2.Task/Wait".into(),
+        Box::new(move |req, reply| s.wait_parked(req, reply)),
+    );
+    let parked = {
+        let s = service.clone();
+        let mut v3: Parked = HashMap::new();
+        v3.insert(
+            "/containerd.task.v2.Task/Wait".into(),
+            Box::new(move |req, reply| s.wait_parked(req, reply)),
+        );
+        parked.extend(task_v3(v3));
+        parked
+    };
+    let s = service.clone();
+    Server::new(
+        listener,
+        methods,
+        parked,
+        Box::new(move |conn| s.connection_closed(conn)),
+    )
+    .ctx(|| "starting the ttrpc server")?
+    .serve(&lp);
+    let s = service.clone();
+    lp.set_dump_hook(Box::new(move |out| s.dump(out)));
+    let after = std::env::var(IDLE_EXIT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(IDLE_EXIT);
+    lp.add(Box::new(IdleExit {
+        service: service.clone(),
+        after,
+    }));
+    lp.spawn().ctx(|| "starting the event loop")?;
+    // The one worker that always exists, so control never waits for a thread that cannot be made.
+    crate::pool::pool().submit(Box::new(|| {}));
     log::info!(
         "shim {} serving {} in namespace {}",
         std::process::id(),
@@ -86,9 +161,14 @@ pub fn run(flags: &Flags) -> Result<()> {
 
     service.run(rx);
     log::info!("shutting down");
-    service.events().flush(Duration::from_secs(5));
     if !flags.socket.is_empty() {
         let _ = std::fs::remove_file(&flags.socket);
+    }
+    if !service.events().flush(Duration::from_secs(5)) {
+        log::warn!(
+            "{} events not delivered to containerd at shutdown",
+            service.events().queued()
+        );
     }
     // Give the Shutdown reply a moment to leave before the process (and the connection) goes.
     std::thread::sleep(Duration::from_millis(10));

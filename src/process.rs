@@ -28,13 +28,16 @@ pub struct ExitInfo {
     pub at: SystemTime,
 }
 
-#[derive(Debug)]
+/// Told the exit once it is known: a parked Wait, with the connection it came on.
+type Waiter = (u64, Box<dyn FnOnce(ExitInfo) + Send>);
+
 struct Inner {
     state: State,
     pid: u32,
     exit: Option<ExitInfo>,
     /// The state Delete rolls back to if it fails.
     before_delete: State,
+    waiters: Vec<Waiter>,
 }
 
 pub struct Process {
@@ -81,6 +84,7 @@ impl Process {
                 pid: 0,
                 exit: None,
                 before_delete: State::Created,
+                waiters: Vec::new(),
             }),
             exited: Condvar::new(),
             io: Mutex::new(None),
@@ -197,15 +201,39 @@ impl Process {
         match g.state {
             State::Created | State::Starting | State::Running | State::Pausing | State::Paused | State::Resuming => {
                 g.state = State::Stopped;
-                g.exit = Some(ExitInfo {
+                let exit = ExitInfo {
                     status,
                     at: SystemTime::now(),
-                });
+                };
+                g.exit = Some(exit);
                 self.exited.notify_all();
+                let waiters = std::mem::take(&mut g.waiters);
+                drop(g);
+                release(waiters, exit);
                 true
             }
             State::Stopped | State::Deleting | State::Deleted => false,
         }
+    }
+
+    /// A Start that failed before the process ran (an exec whose `runc exec` failed): the process
+    /// stays created, as the Go shim's does, and its waiters are answered: it will not run from this
+    /// start, and containerd waits for it before it reports the failure.
+    pub fn start_failed(&self) {
+        let mut g = self.lock();
+        if g.state == State::Starting {
+            g.state = State::Created;
+        }
+        self.exited.notify_all();
+        let waiters = std::mem::take(&mut g.waiters);
+        drop(g);
+        release(
+            waiters,
+            ExitInfo {
+                status: 255,
+                at: SystemTime::now(),
+            },
+        );
     }
 
     /// Created or Stopped -> Deleting.
@@ -230,6 +258,9 @@ impl Process {
         if ok {
             g.state = State::Deleted;
             self.exited.notify_all();
+            let waiters = std::mem::take(&mut g.waiters);
+            drop(g);
+            release(waiters, NEVER_RAN);
         } else {
             g.state = g.before_delete;
         }
@@ -278,21 +309,56 @@ impl Process {
         }
     }
 
-    /// Blocks until the process exited (or was deleted without ever running).
-    pub fn wait(&self) -> ExitInfo {
+    /// Calls `f` with the exit once it is known (at once if it is), from whichever thread records
+    /// it: a Wait parked without a thread. A process deleted without ever running answers
+    /// [`NEVER_RAN`]. `f` must not block.
+    pub fn on_exit(&self, conn: u64, f: Box<dyn FnOnce(ExitInfo) + Send>) {
         let mut g = self.lock();
-        loop {
-            if let Some(e) = g.exit {
-                return e;
-            }
-            if g.state == State::Deleted {
-                return ExitInfo {
-                    status: 0,
-                    at: SystemTime::UNIX_EPOCH,
-                };
-            }
-            g = self.exited.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
+        let now = match (g.exit, g.state) {
+            (Some(e), _) => e,
+            (None, State::Deleted) => NEVER_RAN,
+            _ => return g.waiters.push((conn, f)),
+        };
+        drop(g);
+        f(now)
+    }
+
+    /// Drops the waiters that came on connection `conn` (it closed: nobody to answer).
+    pub fn drop_waiters(&self, conn: u64) -> usize {
+        let mut g = self.lock();
+        let before = g.waiters.len();
+        g.waiters.retain(|(c, _)| *c != conn);
+        before - g.waiters.len()
+    }
+
+    pub fn waiters(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
+    /// Blocks until the process exited (or was deleted without ever running). Tests only: the
+    /// daemon parks its Waits with [`Process::on_exit`].
+    #[cfg(test)]
+    pub fn wait(&self) -> ExitInfo {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.on_exit(
+            0,
+            Box::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        );
+        rx.recv().expect("an exit")
+    }
+}
+
+/// What a Wait on a process deleted without ever running is told, as the Go shim does.
+pub const NEVER_RAN: ExitInfo = ExitInfo {
+    status: 0,
+    at: SystemTime::UNIX_EPOCH,
+};
+
+fn release(waiters: Vec<Waiter>, exit: ExitInfo) {
+    for (_, f) in waiters {
+        f(exit);
     }
 }
 
@@ -322,6 +388,41 @@ mod tests {
         let r = super::Process::new("c", Some("e"), StdioPaths::default());
         r.begin_start().unwrap();
         assert_eq!(r.state_after_start(Duration::from_millis(20)), State::Starting);
+    }
+
+    #[test]
+    fn parked_waiters_are_told_the_exit_once_and_go_with_their_connection() {
+        let p = p();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for conn in [1, 1, 2] {
+            let tx = tx.clone();
+            p.on_exit(conn, Box::new(move |e| tx.send((conn, e.status)).unwrap()));
+        }
+        assert_eq!(p.waiters(), 3);
+        assert_eq!(p.drop_waiters(1), 2, "connection 1 closed");
+        p.begin_start().unwrap();
+        p.end_start(true);
+        assert!(rx.try_recv().is_err(), "nobody is told before the exit");
+        assert!(p.set_exited(7));
+        assert_eq!(rx.try_recv().unwrap(), (2, 7));
+        assert!(rx.try_recv().is_err(), "dropped waiters are never called");
+        // After the exit, a new waiter is told at once.
+        p.on_exit(3, Box::new(move |e| tx.send((3, e.status)).unwrap()));
+        assert_eq!(rx.try_recv().unwrap(), (3, 7));
+        assert_eq!(p.waiters(), 0);
+    }
+
+    #[test]
+    fn a_failed_start_answers_waiters_and_leaves_the_process_created() {
+        let p = Process::new("c", Some("e"), StdioPaths::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        p.on_exit(1, Box::new(move |e| tx.send(e.status).unwrap()));
+        p.begin_start().unwrap();
+        p.start_failed();
+        assert_eq!(rx.try_recv().unwrap(), 255);
+        assert_eq!(p.state(), State::Created);
+        assert_eq!(p.status(), Status::CREATED);
+        assert!(p.exit().is_none());
     }
 
     #[test]

@@ -135,34 +135,74 @@ pub fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
     Ok(rx.recv().unwrap_or(255))
 }
 
-/// As [`start_signal_thread`], on the relay's thread instead of one of its own: the signal handlers
-/// write to a pipe that the relay watches.
-pub fn watch_signals(relay: &crate::stdio::relay::Relay, on_term: Box<dyn Fn() + Send>) -> io::Result<()> {
-    use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// Signals, as a subscriber of the event loop: the handlers only write to a pipe the loop watches.
+/// SIGCHLD reaps; SIGTERM/SIGINT call `on_term`; SIGUSR1 asks the loop for a state dump in the
+/// log; SIGUSR2, SIGALRM and SIGHUP are caught and ignored (their default would end the shim, and
+/// with it containerd's view of the containers: a stray `kill -USR1` must not cost a pod).
+/// SIGPIPE is already ignored by the Rust runtime. Caught (not ignored) signals are reset to their
+/// defaults in runc and the containers at exec.
+struct Signals {
+    pipe: std::os::fd::OwnedFd,
+    term: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dump: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    on_term: Box<dyn Fn() + Send>,
+}
+
+impl crate::event_loop::Subscriber for Signals {
+    fn name(&self) -> &'static str {
+        "signals"
+    }
+
+    fn init(&mut self, ops: &mut crate::event_loop::Ops) {
+        use std::os::fd::AsFd;
+        if let Err(e) = ops.add(self.pipe.as_fd(), nix::sys::epoll::EpollFlags::EPOLLIN, 0) {
+            log::error!("watching signals: {e}");
+        }
+        // A child may have exited before the handler was installed.
+        self.ready(0, nix::sys::epoll::EpollFlags::EPOLLIN, ops);
+    }
+
+    fn ready(&mut self, _: u64, _: nix::sys::epoll::EpollFlags, ops: &mut crate::event_loop::Ops) {
+        use std::sync::atomic::Ordering;
+        let mut buf = [0u8; 64];
+        while nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.pipe), &mut buf).is_ok_and(|n| n > 0) {}
+        reap();
+        if self.dump.swap(false, Ordering::Relaxed) {
+            ops.request_dump();
+        }
+        if self.term.swap(false, Ordering::Relaxed) {
+            (self.on_term)();
+        }
+    }
+}
+
+/// Installs the signal handlers and adds their subscriber to `lp`.
+pub fn watch_signals(lp: &crate::event_loop::EventLoop, on_term: Box<dyn Fn() + Send>) -> io::Result<()> {
+    use signal_hook::consts::{SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
     let term = Arc::new(AtomicBool::new(false));
+    let dump = Arc::new(AtomicBool::new(false));
+    let ignored = Arc::new(AtomicBool::new(false));
     for sig in [SIGTERM, SIGINT] {
         signal_hook::flag::register(sig, term.clone())?;
     }
-    for sig in [SIGCHLD, SIGTERM, SIGINT] {
+    signal_hook::flag::register(SIGUSR1, dump.clone())?;
+    for sig in [SIGUSR2, SIGALRM, SIGHUP] {
+        signal_hook::flag::register(sig, ignored.clone())?;
+    }
+    for sig in [SIGCHLD, SIGTERM, SIGINT, SIGUSR1] {
         signal_hook::low_level::pipe::register_raw(sig, std::os::fd::AsRawFd::as_raw_fd(&w))?;
     }
     // The handlers write to it for the rest of the process's life.
     std::mem::forget(w);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&r);
-    relay.watch(
-        fd,
-        Box::new(move || {
-            let mut buf = [0u8; 64];
-            while nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut buf).is_ok_and(|n| n > 0) {}
-            reap();
-            if term.swap(false, Ordering::Relaxed) {
-                on_term();
-            }
-        }),
-    );
+    lp.add(Box::new(Signals {
+        pipe: r,
+        term,
+        dump,
+        on_term,
+    }));
     Ok(())
 }
 

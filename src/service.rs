@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use protobuf::well_known_types::empty::Empty;
@@ -13,6 +13,7 @@ use protobuf::well_known_types::empty::Empty;
 use crate::container::{validate_id, Container};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
+use crate::lock::lock;
 use crate::oom::OomWatcher;
 use crate::process::{Process, State};
 use crate::protos::events::task as ev;
@@ -21,6 +22,7 @@ use crate::protos::shim::shim::*;
 use crate::protos::shim::shim_ttrpc::Task;
 use crate::protos::shim::task::{ProcessInfo, Status};
 use crate::reaper::{self, Exit};
+use crate::server::Reply;
 use crate::stdio::relay::Relay;
 use crate::stdio::StdioPaths;
 
@@ -62,11 +64,11 @@ pub struct Service {
     events: Arc<Publisher>,
     oom: OomWatcher,
     relay: Relay,
-    shutdown: Mutex<Sender<Msg>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    shutdown: Sender<Msg>,
+    /// Ids between the AlreadyExists check and the insertion of their container: a second Create
+    /// of the same id must not run runc (its cleanup would delete the first one's state).
+    creating: Mutex<HashSet<String>>,
+    ever_created: std::sync::atomic::AtomicBool,
 }
 
 /// An exit subscription taken before runc forks; dropped unused (on failure) it unsubscribes.
@@ -111,7 +113,9 @@ impl Service {
             events,
             oom,
             relay,
-            shutdown: Mutex::new(tx),
+            shutdown: tx,
+            creating: Mutex::new(HashSet::new()),
+            ever_created: Default::default(),
         }))
     }
 
@@ -148,7 +152,7 @@ impl Service {
     }
 
     pub fn is_empty(&self) -> bool {
-        lock(&self.containers).is_empty()
+        lock(&self.containers).is_empty() && lock(&self.creating).is_empty()
     }
 
     // ---- exit bookkeeping -------------------------------------------------------------------
@@ -284,14 +288,29 @@ impl Service {
 
     fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         validate_id("container id", &req.id)?;
-        if lock(&self.containers).contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!("container {:?} already exists", req.id)));
+        {
+            let cs = lock(&self.containers);
+            if cs.contains_key(&req.id) || !lock(&self.creating).insert(req.id.clone()) {
+                return Err(Error::AlreadyExists(format!("container {:?} already exists", req.id)));
+            }
         }
+        self.ever_created.store(true, std::sync::atomic::Ordering::Relaxed);
         let sub = self.pre_start(None);
-        let c = Arc::new(Container::create(&req, &self.namespace, &self.relay)?);
+        let created = Container::create(&req, &self.namespace, &self.relay);
+        let c = match created {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                lock(&self.creating).remove(&req.id);
+                return Err(e);
+            }
+        };
         let pid = c.init.pid();
         self.watch_oom(&c);
-        lock(&self.containers).insert(req.id.clone(), c.clone());
+        {
+            let mut cs = lock(&self.containers);
+            cs.insert(req.id.clone(), c.clone());
+            lock(&self.creating).remove(&req.id);
+        }
         log::info!("created container {} (pid {pid})", req.id);
         self.events.publish(
             "/tasks/create",
@@ -411,9 +430,9 @@ impl Service {
             Ok(pid) => pid,
             Err(e) => {
                 drop(sub);
-                p.end_start(false);
-                // Never ran: Wait returns, no exit event, and a held-back init exit may go now.
-                p.set_exited(255);
+                // Never ran: it stays created (as the Go shim's does), its Wait returns, no exit
+                // event, and a held-back init exit may go now.
+                p.start_failed();
                 self.exec_gone(&c.id);
                 return Err(e);
             }
@@ -711,14 +730,90 @@ impl Service {
         })
     }
 
-    fn do_wait(&self, req: WaitRequest) -> Result<WaitResponse> {
-        let (_, p) = self.process(&req.id, &req.exec_id)?;
-        let e = p.wait();
-        Ok(WaitResponse {
-            exit_status: e.status,
-            exited_at: Some(timestamp(e.at)).into(),
-            ..Default::default()
-        })
+    /// Wait, parked: answered from the exit path through `reply`, holding no thread meanwhile. Runs
+    /// on the event loop: looks up and registers, never blocks.
+    pub fn wait_parked(&self, req: ttrpc::proto::Request, reply: Reply) {
+        let req = match <WaitRequest as protobuf::Message>::parse_from_bytes(&req.payload) {
+            Ok(r) => r,
+            Err(e) => return reply.err(ttrpc::Code::INVALID_ARGUMENT, format!("Wait: Unpack request error {e}")),
+        };
+        let p = match self.process(&req.id, &req.exec_id) {
+            Ok((_, p)) => p,
+            Err(e) => {
+                log::warn!("Wait {}: {e}", req.id);
+                return reply.err(e.code(), e.message().to_string());
+            }
+        };
+        p.on_exit(
+            reply.conn(),
+            Box::new(move |e| {
+                reply.ok(&WaitResponse {
+                    exit_status: e.status,
+                    exited_at: Some(timestamp(e.at)).into(),
+                    ..Default::default()
+                })
+            }),
+        );
+    }
+
+    /// A client connection closed: its parked Waits go with it.
+    pub fn connection_closed(&self, conn: u64) {
+        let mut dropped = 0;
+        for c in self.containers() {
+            dropped += c.init.drop_waiters(conn);
+            for p in lock(&c.execs).values() {
+                dropped += p.drop_waiters(conn);
+            }
+        }
+        if dropped > 0 {
+            log::debug!("connection {conn} closed: {dropped} parked Waits dropped");
+        }
+    }
+
+    fn containers(&self) -> Vec<Arc<Container>> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    /// The task service's part of the SIGUSR1 state dump.
+    pub fn dump(&self, out: &mut String) {
+        use std::fmt::Write;
+        let cs = self.containers();
+        let _ = writeln!(out, "  containers: {}", cs.len());
+        for c in cs {
+            let execs: Vec<Arc<Process>> = lock(&c.execs).values().cloned().collect();
+            for p in std::iter::once(&c.init).chain(execs.iter()) {
+                let _ = writeln!(
+                    out,
+                    "    {} {}: pid {} {:?}, exit {:?}, {} Waits parked",
+                    c.id,
+                    if p.is_init() { "init" } else { p.id() },
+                    p.pid(),
+                    p.state(),
+                    p.exit().map(|e| e.status),
+                    p.waiters()
+                );
+            }
+        }
+        let l = lock(&self.lifecycle);
+        let _ = writeln!(
+            out,
+            "  lifecycle: {} pids tracked, {} subscriptions open, {} init exits held for execs",
+            l.running.len(),
+            l.subscribers.len(),
+            l.pending_init.len()
+        );
+        drop(l);
+        let _ = writeln!(out, "  events: {} queued for containerd", self.events.queued());
+    }
+
+    /// Whether a container was ever created in this shim (a shim that never gets one exits).
+    pub fn ever_created(&self) -> bool {
+        self.ever_created.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks the daemon's main thread to shut down.
+    pub fn shutdown_now(&self) {
+        let _ = self.shutdown.send(Msg::Shutdown);
     }
 
     fn do_connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
@@ -733,7 +828,7 @@ impl Service {
 
     fn do_shutdown(&self, _req: ShutdownRequest) -> Result<Empty> {
         if self.is_empty() {
-            let _ = lock(&self.shutdown).send(Msg::Shutdown);
+            let _ = self.shutdown.send(Msg::Shutdown);
         }
         Ok(Empty::new())
     }
@@ -886,8 +981,8 @@ impl Task for Service {
         log_result("Update", &id, self.do_update(r))
     }
     fn wait(&self, _: &ttrpc::TtrpcContext, r: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        let id = r.id.clone();
-        log_result("Wait", &id, self.do_wait(r))
+        // The daemon serves Wait parked (`wait_parked`): reaching this is a wiring mistake.
+        Err(Error::Other(format!("Wait {}: not served parked", r.id)).into())
     }
     fn stats(&self, _: &ttrpc::TtrpcContext, r: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let id = r.id.clone();

@@ -1,4 +1,4 @@
-//! One epoll thread moves the bytes of every stream of every process. A stream is a source fd and a
+//! The relay, a subscriber of the daemon's event loop, moves the bytes of every stream of every process. A stream is a source fd and a
 //! destination fd. Where one side is a pipe (fifos are pipes) bytes move with splice(2), never through
 //! userspace; where the kernel cannot splice (a tty on older kernels) the stream falls back to
 //! read/write through a small buffer. At EOF on the source the destination is closed: only then, so
@@ -19,12 +19,14 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::epoll::EpollFlags;
+
+use crate::event_loop::{EventLoop, Handle, Ops, Subscriber};
+use crate::lock::lock;
 
 /// What a stream carries: bytes from `src` to `dst`, both closed when the stream ends.
 pub struct Stream {
@@ -53,16 +55,13 @@ enum Cmd {
     Add(u64, Stream),
     Cancel(u64),
     Finish(u64),
-    Watch(u64, RawFd, Box<dyn FnMut() + Send>),
 }
 
 struct Shared {
-    epoll: Epoll,
-    wake: EventFd,
+    lp: EventLoop,
+    handle: OnceLock<Handle>,
     cmds: Mutex<Vec<Cmd>>,
     next: AtomicU64,
-    /// Times the io thread woke up (for tests).
-    wakeups: AtomicU64,
     /// Times a stream was deferred to the timer (for tests).
     deferrals: AtomicU64,
 }
@@ -70,7 +69,6 @@ struct Shared {
 #[derive(Clone)]
 pub struct Relay(Arc<Shared>);
 
-const WAKE: u64 = u64::MAX;
 const CHUNK: usize = 1 << 20;
 /// What one splice asks of a console. A tty cannot splice by reference: the kernel allocates pages
 /// for the whole length asked (up to the room in the pipe) and reads into them, though a pty master
@@ -82,24 +80,28 @@ const DEFER: Duration = Duration::from_millis(1);
 const HOT: Duration = Duration::from_millis(3);
 
 impl Relay {
-    pub fn start() -> std::io::Result<Relay> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+    /// The relay as a subscriber of `lp`.
+    pub fn on(lp: &EventLoop) -> Relay {
         let shared = Arc::new(Shared {
-            epoll,
-            wake,
+            lp: lp.clone(),
+            handle: OnceLock::new(),
             cmds: Mutex::new(Vec::new()),
             next: AtomicU64::new(1),
-            wakeups: AtomicU64::new(0),
             deferrals: AtomicU64::new(0),
         });
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("io".into())
-            .stack_size(128 * 1024)
-            .spawn(move || run(&s))?;
-        Ok(Relay(shared))
+        let h = lp.add(Box::new(Streams {
+            sh: shared.clone(),
+            streams: HashMap::new(),
+        }));
+        let _ = shared.handle.set(h);
+        Relay(shared)
+    }
+
+    /// A relay on an event loop of its own (tests).
+    pub fn start() -> std::io::Result<Relay> {
+        let lp = EventLoop::new()?;
+        lp.spawn()?;
+        Ok(Relay::on(&lp))
     }
 
     /// Adds a stream; returns its id for [`Relay::cancel`] and [`Relay::finish`].
@@ -120,17 +122,100 @@ impl Relay {
         self.send(Cmd::Finish(id));
     }
 
-    /// Calls `on_ready` on the relay thread whenever `fd` is readable, for as long as the relay runs
-    /// (signals, OOM notifications: one thread fewer each). `on_ready` must consume what made `fd`
-    /// readable, must not block, and keeps `fd` open.
+    /// Calls `on_ready` on the loop thread whenever `fd` is readable, for as long as the loop runs
+    /// (signals, OOM notifications). `on_ready` must consume what made `fd` readable, must not
+    /// block, and keeps `fd` open.
     pub fn watch(&self, fd: RawFd, on_ready: Box<dyn FnMut() + Send>) {
-        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
-        self.send(Cmd::Watch(id, fd, on_ready));
+        self.0.lp.add(crate::event_loop::Watch::new("watch", fd, on_ready));
+    }
+
+    /// The event loop the relay runs on.
+    pub fn event_loop(&self) -> &EventLoop {
+        &self.0.lp
     }
 
     fn send(&self, c: Cmd) {
-        self.0.cmds.lock().unwrap_or_else(|e| e.into_inner()).push(c);
-        let _ = self.0.wake.write(1);
+        lock(&self.0.cmds).push(c);
+        if let Some(h) = self.0.handle.get() {
+            h.kick();
+        }
+    }
+}
+
+/// The relay's state on the loop thread: every stream being moved.
+struct Streams {
+    sh: Arc<Shared>,
+    streams: HashMap<u64, Active>,
+}
+
+impl Subscriber for Streams {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn init(&mut self, ops: &mut Ops) {
+        // Streams added before the loop knew the relay.
+        self.kicked(ops);
+    }
+
+    fn ready(&mut self, key: u64, _events: EpollFlags, ops: &mut Ops) {
+        if let Some(a) = self.streams.remove(&(key >> 1)) {
+            step(&self.sh, ops, key >> 1, a, &mut self.streams);
+        }
+    }
+
+    fn timer(&mut self, id: u64, ops: &mut Ops) {
+        if let Some(mut a) = self.streams.remove(&id) {
+            if a.deferred {
+                a.deferred = false;
+                step(&self.sh, ops, id, a, &mut self.streams);
+            } else {
+                self.streams.insert(id, a);
+            }
+        }
+    }
+
+    fn kicked(&mut self, ops: &mut Ops) {
+        let cmds = std::mem::take(&mut *lock(&self.sh.cmds));
+        for c in cmds {
+            match c {
+                Cmd::Add(id, s) => {
+                    set_nonblocking(s.src.as_raw_fd());
+                    set_nonblocking(s.dst.as_raw_fd());
+                    // Data may already be waiting: pump once, then watch.
+                    let a = Active {
+                        s,
+                        reg: Reg::None,
+                        finishing: false,
+                        copy: None,
+                        moved: 0,
+                        last_moved: None,
+                        deferred: false,
+                    };
+                    step(&self.sh, ops, id, a, &mut self.streams);
+                }
+                Cmd::Cancel(id) => {
+                    if let Some(a) = self.streams.remove(&id) {
+                        finish(ops, a);
+                    }
+                }
+                Cmd::Finish(id) => {
+                    if let Some(mut a) = self.streams.remove(&id) {
+                        a.finishing = true;
+                        a.deferred = false;
+                        step(&self.sh, ops, id, a, &mut self.streams);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dump(&self, out: &mut String) {
+        let waiting_dst = self.streams.values().filter(|a| a.reg == Reg::Dst).count();
+        out.push_str(&format!(
+            "  relay: {} streams, {waiting_dst} waiting for their reader\n",
+            self.streams.len()
+        ));
     }
 }
 
@@ -278,120 +363,8 @@ fn token(id: u64, dst: bool) -> u64 {
     id << 1 | dst as u64
 }
 
-fn run(sh: &Shared) {
-    let mut streams: HashMap<u64, Active> = HashMap::new();
-    let mut watches: HashMap<u64, Box<dyn FnMut() + Send>> = HashMap::new();
-    let mut timers: Vec<(Instant, u64)> = Vec::new();
-    let mut events = vec![EpollEvent::empty(); 64];
-    loop {
-        // Deferred streams whose time has come, then sleep until the next one (or an event).
-        let now = Instant::now();
-        let mut i = 0;
-        while i < timers.len() {
-            if timers[i].0 > now {
-                i += 1;
-                continue;
-            }
-            // A stream stepped here may defer again: its new deadline is after `now`.
-            let (_, id) = timers.swap_remove(i);
-            if let Some(mut a) = streams.remove(&id) {
-                if a.deferred {
-                    a.deferred = false;
-                    step(sh, id, a, &mut streams, &mut timers);
-                } else {
-                    streams.insert(id, a);
-                }
-            }
-        }
-        let timeout = match timers.iter().map(|t| t.0).min() {
-            None => EpollTimeout::NONE,
-            // epoll_wait counts whole milliseconds: round up, so a timer never spins at 0.
-            Some(t) => {
-                let ms = t
-                    .saturating_duration_since(Instant::now())
-                    .as_micros()
-                    .div_ceil(1000)
-                    .clamp(1, 1000);
-                EpollTimeout::from(ms as u16)
-            }
-        };
-        let n = sh.epoll.wait(&mut events, timeout);
-        sh.wakeups.fetch_add(1, Ordering::Relaxed);
-        let n = match n {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                log::error!("io relay: epoll_wait: {e}");
-                return;
-            }
-        };
-        for ev in &events[..n] {
-            let t = ev.data();
-            if t == WAKE {
-                let _ = sh.wake.read();
-                let cmds = std::mem::take(&mut *sh.cmds.lock().unwrap_or_else(|e| e.into_inner()));
-                for c in cmds {
-                    match c {
-                        Cmd::Add(id, s) => {
-                            set_nonblocking(s.src.as_raw_fd());
-                            set_nonblocking(s.dst.as_raw_fd());
-                            // Data may already be waiting: pump once, then watch.
-                            step(
-                                sh,
-                                id,
-                                Active {
-                                    s,
-                                    reg: Reg::None,
-                                    finishing: false,
-                                    copy: None,
-                                    moved: 0,
-                                    last_moved: None,
-                                    deferred: false,
-                                },
-                                &mut streams,
-                                &mut timers,
-                            );
-                        }
-                        Cmd::Cancel(id) => {
-                            if let Some(a) = streams.remove(&id) {
-                                finish(sh, a);
-                            }
-                        }
-                        Cmd::Finish(id) => {
-                            if let Some(mut a) = streams.remove(&id) {
-                                a.finishing = true;
-                                a.deferred = false;
-                                step(sh, id, a, &mut streams, &mut timers);
-                            }
-                        }
-                        Cmd::Watch(id, fd, mut f) => {
-                            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                            match sh.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token(id, false))) {
-                                Ok(()) => {
-                                    // Whatever arrived before it was watched.
-                                    f();
-                                    watches.insert(id, f);
-                                }
-                                Err(e) => log::error!("io relay: watching fd {}: {e}", fd.as_raw_fd()),
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            if let Some(f) = watches.get_mut(&(t >> 1)) {
-                f();
-                continue;
-            }
-            if let Some(a) = streams.remove(&(t >> 1)) {
-                step(sh, t >> 1, a, &mut streams, &mut timers);
-            }
-        }
-    }
-}
-
 /// Pumps a stream and (re)arms its epoll interest, or its timer when it is hot.
-fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>, timers: &mut Vec<(Instant, u64)>) {
+fn step(sh: &Shared, ops: &mut Ops, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>) {
     let result = pump(&mut a);
     let now = Instant::now();
     let moved_bytes = std::mem::take(&mut a.moved);
@@ -404,13 +377,13 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
         a.last_moved = Some(now);
     }
     let want = match result {
-        Pump::Done => return finish(sh, a),
+        Pump::Done => return finish(ops, a),
         Pump::WaitSrc if hot => {
-            deregister(sh, &a);
+            deregister(ops, &a);
             a.reg = Reg::None;
             a.deferred = true;
             sh.deferrals.fetch_add(1, Ordering::Relaxed);
-            timers.push((now + DEFER, id));
+            ops.timer(now + DEFER, id);
             streams.insert(id, a);
             return;
         }
@@ -419,36 +392,32 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
         Pump::Dormant => Reg::None,
     };
     if want != a.reg {
-        deregister(sh, &a);
+        deregister(ops, &a);
         a.reg = want;
         let r = match want {
-            Reg::Src => sh
-                .epoll
-                .add(a.s.src.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token(id, false))),
-            Reg::Dst => sh
-                .epoll
-                .add(a.s.dst.as_fd(), EpollEvent::new(EpollFlags::EPOLLOUT, token(id, true))),
+            Reg::Src => ops.add(a.s.src.as_fd(), EpollFlags::EPOLLIN, token(id, false)),
+            Reg::Dst => ops.add(a.s.dst.as_fd(), EpollFlags::EPOLLOUT, token(id, true)),
             Reg::None => Ok(()),
         };
         if let Err(e) = r {
             log::warn!("io relay: epoll add: {e}");
             a.reg = Reg::None;
-            return finish(sh, a);
+            return finish(ops, a);
         }
     }
     streams.insert(id, a);
 }
 
-fn deregister(sh: &Shared, a: &Active) {
-    let _ = match a.reg {
-        Reg::Src => sh.epoll.delete(a.s.src.as_fd()),
-        Reg::Dst => sh.epoll.delete(a.s.dst.as_fd()),
-        Reg::None => Ok(()),
-    };
+fn deregister(ops: &mut Ops, a: &Active) {
+    match a.reg {
+        Reg::Src => ops.delete(a.s.src.as_fd()),
+        Reg::Dst => ops.delete(a.s.dst.as_fd()),
+        Reg::None => {}
+    }
 }
 
-fn finish(sh: &Shared, mut a: Active) {
-    deregister(sh, &a);
+fn finish(ops: &mut Ops, mut a: Active) {
+    deregister(ops, &a);
     let done = a.s.on_done.take();
     drop(a); // closes src and dst
     if let Some(f) = done {
@@ -511,7 +480,7 @@ mod tests {
                 std::thread::sleep(Duration::from_micros(20));
             }
         });
-        let before = relay.0.wakeups.load(Ordering::Relaxed);
+        let before = relay.0.lp.wakeups();
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0;
         loop {
@@ -522,7 +491,7 @@ mod tests {
         }
         writer.join().unwrap();
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        let wakeups = relay.0.wakeups.load(Ordering::Relaxed) - before;
+        let wakeups = relay.0.lp.wakeups() - before;
         assert_eq!(got, total);
         // One wake-up per write would be 4,096.
         assert!(wakeups < 1024, "{wakeups} wake-ups for {} writes", total / 4096);
