@@ -3,6 +3,8 @@
 //! forks a process, publish its start event, then reconcile the exits seen meanwhile, so an exit is
 //! never lost and never published before its start. No lock is held across a runc call.
 
+pub mod lifecycle;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,7 @@ use crate::reaper::{self, Exit};
 use crate::server::Reply;
 use crate::stdio::relay::Relay;
 use crate::stdio::StdioPaths;
+use lifecycle::{Action, Lifecycle};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an exit waits for the process's output to reach the client before it is reported. A
@@ -38,19 +41,6 @@ const EXIT_DRAIN: Duration = Duration::from_secs(1);
 /// hold a Kill forever).
 const START_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Lifecycle {
-    /// Started processes by pid.
-    running: HashMap<u32, Vec<Arc<Process>>>,
-    /// Exits seen while a Create/Start was in flight, by subscription.
-    subscribers: HashMap<u64, Vec<Exit>>,
-    next_sub: u64,
-    init_exited: HashSet<String>,
-    running_execs: HashMap<String, usize>,
-    /// Init exits held back until the container's execs have exited.
-    pending_init: HashMap<String, (Arc<Process>, u32)>,
-}
-
 /// What the daemon's main thread waits for.
 pub enum Msg {
     Exit(Exit),
@@ -60,7 +50,7 @@ pub enum Msg {
 pub struct Service {
     namespace: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    lifecycle: Mutex<Lifecycle>,
+    lifecycle: Mutex<Lifecycle<Arc<Process>>>,
     events: Arc<Publisher>,
     oom: OomWatcher,
     relay: Relay,
@@ -71,15 +61,38 @@ pub struct Service {
     ever_created: std::sync::atomic::AtomicBool,
 }
 
-/// An exit subscription taken before runc forks; dropped unused (on failure) it unsubscribes.
+/// An exit subscription taken before runc forks; dropped unused (the fork failed) it is cancelled.
 struct Subscription<'a> {
     svc: &'a Service,
-    id: u64,
+    sub: Option<lifecycle::Sub>,
+}
+
+impl Subscription<'_> {
+    /// Rule 2 of the lifecycle: `p` exists and its start (or create) event is queued.
+    fn started(mut self, p: &Arc<Process>) {
+        let sub = self.sub.take().expect("started once");
+        let actions = lock(&self.svc.lifecycle).started(sub, p, p.pid());
+        self.svc.perform(actions);
+    }
 }
 
 impl Drop for Subscription<'_> {
     fn drop(&mut self) {
-        lock(&self.svc.lifecycle).subscribers.remove(&self.id);
+        if let Some(sub) = self.sub.take() {
+            lock(&self.svc.lifecycle).cancel(sub);
+        }
+    }
+}
+
+impl lifecycle::Tracked for Arc<Process> {
+    fn container(&self) -> &str {
+        &self.container_id
+    }
+    fn is_init(&self) -> bool {
+        Process::is_init(self)
+    }
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
     }
 }
 
@@ -157,81 +170,35 @@ impl Service {
 
     // ---- exit bookkeeping -------------------------------------------------------------------
 
-    /// Subscribes to exits before runc runs. Restarting a created init takes it out of `running`, so
-    /// an exit during `runc start` is seen by the subscription and published after the start event.
+    /// Subscribes to exits before runc runs (rule 1 of the lifecycle).
     fn pre_start(&self, restarting: Option<&Arc<Process>>) -> Subscription<'_> {
-        let mut l = lock(&self.lifecycle);
-        l.next_sub += 1;
-        let id = l.next_sub;
-        l.subscribers.insert(id, Vec::new());
-        if let Some(p) = restarting {
-            let pid = p.pid();
-            if let Some(list) = l.running.get_mut(&pid) {
-                list.retain(|q| !Arc::ptr_eq(q, p));
-                if list.is_empty() {
-                    l.running.remove(&pid);
-                }
-            }
-        }
-        Subscription { svc: self, id }
-    }
-
-    /// After the start (or create) event is queued: handle an exit already seen, or start tracking.
-    fn handle_started(&self, sub: Subscription<'_>, p: &Arc<Process>) {
-        let pid = p.pid();
-        let mut l = lock(&self.lifecycle);
-        let seen = l.subscribers.remove(&sub.id).unwrap_or_default();
-        // Already unsubscribed, under the lock we hold: its Drop must not lock again.
-        std::mem::forget(sub);
-        match seen.iter().find(|e| e.pid == pid) {
-            Some(e) => {
-                if p.is_init() {
-                    l.init_exited.insert(p.container_id.clone());
-                }
-                drop(l);
-                self.dispatch_exit(p.clone(), e.status);
-            }
-            None => l.running.entry(pid).or_default().push(p.clone()),
+        let sub = lock(&self.lifecycle).subscribe(restarting.map(|p| (p, p.pid())));
+        Subscription {
+            svc: self,
+            sub: Some(sub),
         }
     }
 
     fn on_exit(&self, e: Exit) {
-        let procs = {
-            let mut l = lock(&self.lifecycle);
-            for seen in l.subscribers.values_mut() {
-                seen.push(e);
-            }
-            let procs = l.running.remove(&e.pid).unwrap_or_default();
-            for p in procs.iter().filter(|p| p.is_init()) {
-                l.init_exited.insert(p.container_id.clone());
-            }
-            procs
-        };
-        for p in procs {
-            self.dispatch_exit(p, e.status);
-        }
+        let actions = lock(&self.lifecycle).exited(e);
+        self.perform(actions);
     }
 
-    fn dispatch_exit(&self, p: Arc<Process>, status: u32) {
-        if !p.is_init() {
-            return self.handle_process_exit(&p, status);
-        }
-        let c = lock(&self.containers).get(&p.container_id).cloned();
-        if let Some(c) = c.filter(|c| c.kill_all_on_exit) {
-            // Without its own pid namespace, the container's other processes outlive init.
-            if let Err(e) = c.runc.kill(&c.id, 9, true) {
-                log::debug!("kill --all after init exit of {}: {e}", c.id);
+    /// Does what the lifecycle said, in its order, with no lock held.
+    fn perform(&self, actions: Vec<Action<Arc<Process>>>) {
+        for a in actions {
+            match a {
+                Action::KillAll(id) => {
+                    let c = lock(&self.containers).get(&id).cloned();
+                    if let Some(c) = c {
+                        if let Err(e) = c.runc.kill(&c.id, 9, true) {
+                            log::debug!("kill --all after init exit of {}: {e}", c.id);
+                        }
+                    }
+                }
+                Action::Exit(p, status) => self.handle_process_exit(&p, status),
             }
         }
-        {
-            let mut l = lock(&self.lifecycle);
-            if l.running_execs.get(&p.container_id).copied().unwrap_or(0) > 0 {
-                // Init's exit is published after its execs' exits.
-                l.pending_init.insert(p.container_id.clone(), (p.clone(), status));
-                return;
-            }
-        }
-        self.handle_process_exit(&p, status);
     }
 
     fn handle_process_exit(&self, p: &Arc<Process>, status: u32) {
@@ -268,20 +235,14 @@ impl Service {
             );
         }
         if !p.is_init() {
-            self.exec_gone(&p.container_id);
+            self.exec_done(&p.container_id);
         }
     }
 
-    /// Stops tracking a process whose exit must not be reported (a created init killed by Delete).
-    fn forget(&self, p: &Arc<Process>) {
-        let mut l = lock(&self.lifecycle);
-        let pid = p.pid();
-        if let Some(list) = l.running.get_mut(&pid) {
-            list.retain(|q| !Arc::ptr_eq(q, p));
-            if list.is_empty() {
-                l.running.remove(&pid);
-            }
-        }
+    /// One exec of the container less: may release init's held exit.
+    fn exec_done(&self, container_id: &str) {
+        let actions = lock(&self.lifecycle).exec_done(container_id);
+        self.perform(actions);
     }
 
     // ---- RPCs ------------------------------------------------------------------------------
@@ -306,6 +267,9 @@ impl Service {
         };
         let pid = c.init.pid();
         self.watch_oom(&c);
+        if c.kill_all_on_exit {
+            lock(&self.lifecycle).kill_all_on_exit(&c.id);
+        }
         {
             let mut cs = lock(&self.containers);
             cs.insert(req.id.clone(), c.clone());
@@ -341,7 +305,7 @@ impl Service {
                 ..Default::default()
             },
         );
-        self.handle_started(sub, &c.init);
+        sub.started(&c.init);
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -391,7 +355,7 @@ impl Service {
             self.watch_oom(&c);
         } else if let Err(e) = c.runc.start(&c.id) {
             p.end_start(false);
-            self.handle_started(sub, &p);
+            sub.started(&p);
             return Err(e);
         }
         p.end_start(true);
@@ -404,7 +368,7 @@ impl Service {
                 ..Default::default()
             },
         );
-        self.handle_started(sub, &p);
+        sub.started(&p);
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -413,17 +377,12 @@ impl Service {
 
     fn start_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<StartResponse> {
         p.begin_start()?;
-        {
-            let mut l = lock(&self.lifecycle);
-            if l.init_exited.contains(&c.id) {
-                drop(l);
-                p.end_start(false);
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} init process is not running",
-                    c.id
-                )));
-            }
-            *l.running_execs.entry(c.id.clone()).or_default() += 1;
+        if !lock(&self.lifecycle).exec_starting(&c.id) {
+            p.end_start(false);
+            return Err(Error::FailedPrecondition(format!(
+                "container {} init process is not running",
+                c.id
+            )));
         }
         let sub = self.pre_start(None);
         let pid = match c.start_exec(p, &self.relay) {
@@ -433,7 +392,7 @@ impl Service {
                 // Never ran: it stays created (as the Go shim's does), its Wait returns, no exit
                 // event, and a held-back init exit may go now.
                 p.start_failed();
-                self.exec_gone(&c.id);
+                self.exec_done(&c.id);
                 return Err(e);
             }
         };
@@ -447,28 +406,11 @@ impl Service {
                 ..Default::default()
             },
         );
-        self.handle_started(sub, p);
+        sub.started(p);
         Ok(StartResponse {
             pid,
             ..Default::default()
         })
-    }
-
-    /// One exec less running; publishes init's exit if it was waiting for the last one.
-    fn exec_gone(&self, container_id: &str) {
-        let pending = {
-            let mut l = lock(&self.lifecycle);
-            let n = l.running_execs.entry(container_id.to_string()).or_default();
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                l.pending_init.remove(container_id)
-            } else {
-                None
-            }
-        };
-        if let Some((init, status)) = pending {
-            self.handle_process_exit(&init, status);
-        }
     }
 
     fn do_exec(&self, req: ExecProcessRequest) -> Result<Empty> {
@@ -615,7 +557,7 @@ impl Service {
         let result = (|| {
             if never_ran {
                 // runc delete kills the created init; that exit is not the task's to report.
-                self.forget(&p);
+                lock(&self.lifecycle).forget(&p, p.pid());
                 c.runc.delete(&c.id, false).or_else(ignore_not_found)?;
             }
             if let Some(io) = &io {
@@ -644,12 +586,7 @@ impl Service {
         }
         self.oom.remove(&c.id);
         lock(&self.containers).remove(&c.id);
-        {
-            let mut l = lock(&self.lifecycle);
-            l.init_exited.remove(&c.id);
-            l.running_execs.remove(&c.id);
-            l.pending_init.remove(&c.id);
-        }
+        lock(&self.lifecycle).deleted(&c.id);
         p.end_delete(true);
         let exit = p.exit();
         let (status, at) = exit.map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
@@ -794,15 +731,11 @@ impl Service {
                 );
             }
         }
-        let l = lock(&self.lifecycle);
+        let (tracked, subs, held) = lock(&self.lifecycle).figures();
         let _ = writeln!(
             out,
-            "  lifecycle: {} pids tracked, {} subscriptions open, {} init exits held for execs",
-            l.running.len(),
-            l.subscribers.len(),
-            l.pending_init.len()
+            "  lifecycle: {tracked} pids tracked, {subs} subscriptions open, {held} init exits held for execs"
         );
-        drop(l);
         let _ = writeln!(out, "  events: {} queued for containerd", self.events.queued());
     }
 
