@@ -10,7 +10,8 @@ use crate::mount::{self, Mount};
 use crate::options::{self, Options};
 use crate::process::Process;
 use crate::protos::shim::shim::CreateTaskRequest;
-use crate::runc::{CreateOpts, RestoreOpts, Runc};
+use crate::runc::{CreateOpts, RestoreOpts};
+use crate::runtime::{NewRuntime, Runtime};
 use crate::stdio::{self, relay::Relay, StdioPaths};
 
 struct PendingRestore {
@@ -22,7 +23,7 @@ struct PendingRestore {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
-    pub runc: Runc,
+    pub runc: Arc<dyn Runtime>,
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     pub mounts: Vec<Mount>,
@@ -131,7 +132,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 impl Container {
     /// Mounts the rootfs, opens the IO and runs `runc create`. On any failure everything done so far
     /// is undone: no mount, process, runc state or fd is left behind.
-    pub fn create(req: &CreateTaskRequest, namespace: &str, relay: &Relay) -> Result<Container> {
+    pub fn create(
+        req: &CreateTaskRequest,
+        namespace: &str,
+        relay: &Relay,
+        new_runtime: &NewRuntime,
+    ) -> Result<Container> {
         let id = req.id.as_str();
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() || !bundle.is_dir() {
@@ -145,7 +151,7 @@ impl Container {
             Some(a) => options::from_any(&a.type_url, &a.value)?,
             None => Options::default(),
         };
-        let runc = Runc::new(&opts.binary_name, &opts.root, namespace, &bundle, opts.systemd_cgroup);
+        let runc = new_runtime(&opts, namespace, &bundle);
         // `delete` reads missing files as the defaults: skipping them saves two file creations (and
         // renames) per container, a measurable part of the shim's CPU on ext4.
         if opts != Options::default() {
@@ -302,7 +308,7 @@ impl Container {
             let _ = fs::copy(work.join("restore.log"), self.bundle.join("criu-restore.log"));
         })?;
         let io = r.pending.start(relay).inspect_err(|_| {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            let _ = self.runc.signal(pid, libc::SIGKILL);
         })?;
         self.init.set_pid(pid);
         self.init.set_io(io);
@@ -381,7 +387,7 @@ impl Container {
         let pid = r?;
         let io = pending.start(relay).inspect_err(|_| {
             // Running without its IO is useless to the client: stop it.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            let _ = self.runc.signal(pid, libc::SIGKILL);
         })?;
         p.set_pid(pid);
         p.set_io(io);

@@ -109,7 +109,12 @@ pub fn run(flags: &Flags) -> Result<()> {
     .ctx(|| "installing signal handlers")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let events = Publisher::new(&flags.namespace, Containerd::new(&ttrpc_address));
-    let service = Service::start(&flags.namespace, events, relay, tx).ctx(|| "starting the task service")?;
+    let exits = tx.clone();
+    crate::reaper::set_monitor(Box::new(move |e| {
+        let _ = exits.send(Msg::Exit(e));
+    }));
+    let service = Service::start(&flags.namespace, events, relay, tx, crate::runtime::runc())
+        .ctx(|| "starting the task service")?;
 
     let mut methods: Methods = create_task(service.clone());
     methods.extend(task_v3(create_task(service.clone())));

@@ -353,6 +353,42 @@ pub fn last_log_error(log: &Path) -> Option<String> {
     })
 }
 
+impl crate::runtime::Runtime for Runc {
+    fn create(&self, id: &str, o: &CreateOpts, stdio: ChildStdio) -> Result<()> {
+        Runc::create(self, id, o, stdio)
+    }
+    fn start(&self, id: &str) -> Result<()> {
+        Runc::start(self, id)
+    }
+    fn exec(&self, id: &str, process: &Path, pid_file: &Path, console: Option<&Path>, stdio: ChildStdio) -> Result<()> {
+        Runc::exec(self, id, process, pid_file, console, stdio)
+    }
+    fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        Runc::kill(self, id, signal, all)
+    }
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        Runc::delete(self, id, force)
+    }
+    fn pause(&self, id: &str) -> Result<()> {
+        Runc::pause(self, id)
+    }
+    fn resume(&self, id: &str) -> Result<()> {
+        Runc::resume(self, id)
+    }
+    fn ps(&self, id: &str) -> Result<Vec<u32>> {
+        Runc::ps(self, id)
+    }
+    fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        Runc::update(self, id, resources)
+    }
+    fn checkpoint(&self, id: &str, o: &crate::options::CheckpointOpts, image: &Path, work: &Path) -> Result<()> {
+        Runc::checkpoint(self, id, o, image, work)
+    }
+    fn restore(&self, id: &str, o: &RestoreOpts, stdio: ChildStdio) -> Result<()> {
+        Runc::restore(self, id, o, stdio)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

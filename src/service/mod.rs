@@ -23,7 +23,8 @@ use crate::protos::shim::oci::ProcessDetails;
 use crate::protos::shim::shim::*;
 use crate::protos::shim::shim_ttrpc::Task;
 use crate::protos::shim::task::{ProcessInfo, Status};
-use crate::reaper::{self, Exit};
+use crate::reaper::Exit;
+use crate::runtime::{NewRuntime, Runtime};
 use crate::server::Reply;
 use crate::stdio::relay::Relay;
 use crate::stdio::StdioPaths;
@@ -59,6 +60,7 @@ pub struct Service {
     /// of the same id must not run runc (its cleanup would delete the first one's state).
     creating: Mutex<HashSet<String>>,
     ever_created: std::sync::atomic::AtomicBool,
+    new_runtime: NewRuntime,
 }
 
 /// An exit subscription taken before runc forks; dropped unused (the fork failed) it is cancelled.
@@ -98,8 +100,15 @@ impl lifecycle::Tracked for Arc<Process> {
 
 impl Service {
     /// Creates the service. Exits reach it through [`Msg::Exit`] on the channel that [`Service::run`]
-    /// serves; the reaper is pointed at that channel here.
-    pub fn start(namespace: &str, events: Publisher, relay: Relay, tx: Sender<Msg>) -> std::io::Result<Arc<Service>> {
+    /// serves (the daemon points the reaper's monitor at it); containers get their runtime from
+    /// `new_runtime`.
+    pub fn start(
+        namespace: &str,
+        events: Publisher,
+        relay: Relay,
+        tx: Sender<Msg>,
+        new_runtime: NewRuntime,
+    ) -> std::io::Result<Arc<Service>> {
         let events = Arc::new(events);
         let publisher = events.clone();
         let oom = OomWatcher::start_on(
@@ -115,10 +124,6 @@ impl Service {
                 );
             }),
         )?;
-        let exits = tx.clone();
-        reaper::set_monitor(Box::new(move |e| {
-            let _ = exits.send(Msg::Exit(e));
-        }));
         Ok(Arc::new(Service {
             namespace: namespace.to_string(),
             containers: Mutex::new(HashMap::new()),
@@ -129,6 +134,7 @@ impl Service {
             shutdown: tx,
             creating: Mutex::new(HashSet::new()),
             ever_created: Default::default(),
+            new_runtime,
         }))
     }
 
@@ -257,7 +263,7 @@ impl Service {
         }
         self.ever_created.store(true, std::sync::atomic::Ordering::Relaxed);
         let sub = self.pre_start(None);
-        let created = Container::create(&req, &self.namespace, &self.relay);
+        let created = Container::create(&req, &self.namespace, &self.relay, &self.new_runtime);
         let c = match created {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -626,7 +632,7 @@ impl Service {
             let direct = p.state_after_start(START_WAIT) == State::Running
                 && (!req.all || (req.signal == libc::SIGKILL as u32 && !c.kill_all_on_exit));
             if direct {
-                return signal(p.pid(), req.signal, || format!("container {}", c.id));
+                return signal(&*c.runc, p.pid(), req.signal, || format!("container {}", c.id));
             }
             c.runc.kill(&c.id, req.signal, req.all)?;
             return Ok(Empty::new());
@@ -640,7 +646,7 @@ impl Service {
             State::Stopped | State::Deleting | State::Deleted => {
                 Err(Error::NotFound(format!("exec {} has already finished", p.id())))
             }
-            _ => signal(p.pid(), req.signal, || format!("exec {}", p.id())),
+            _ => signal(&*c.runc, p.pid(), req.signal, || format!("exec {}", p.id())),
         }
     }
 
@@ -828,7 +834,7 @@ fn ignore_not_found(e: Error) -> Result<()> {
 /// Sends `signal` (any number runc would take, real-time ones included) to a process of ours. Its pid
 /// cannot be reused before our reaper collects it; what remains is the moment between that and the
 /// exit being recorded, which `runc kill` and the Go shim's exec kill have too.
-fn signal(pid: u32, signal: u32, what: impl Fn() -> String) -> Result<Empty> {
+fn signal(rt: &dyn Runtime, pid: u32, signal: u32, what: impl Fn() -> String) -> Result<Empty> {
     if signal == 0 || signal > libc::SIGRTMAX() as u32 {
         return Err(Error::InvalidArgument(format!(
             "invalid signal {signal} for {}",
@@ -838,12 +844,10 @@ fn signal(pid: u32, signal: u32, what: impl Fn() -> String) -> Result<Empty> {
     if pid == 0 {
         return Err(Error::FailedPrecondition(format!("{} has no pid yet", what())));
     }
-    if unsafe { libc::kill(pid as i32, signal as i32) } == 0 {
-        return Ok(Empty::new());
-    }
-    match nix::errno::Errno::last() {
-        nix::errno::Errno::ESRCH => Err(Error::NotFound(format!("{} has already finished", what()))),
-        e => Err(Error::Other(format!("signalling {}: {e}", what()))),
+    match rt.signal(pid, signal as i32) {
+        Ok(()) => Ok(Empty::new()),
+        Err(nix::errno::Errno::ESRCH) => Err(Error::NotFound(format!("{} has already finished", what()))),
+        Err(e) => Err(Error::Other(format!("signalling {}: {e}", what()))),
     }
 }
 
@@ -930,3 +934,6 @@ impl Task for Service {
         log_result("Shutdown", &id, self.do_shutdown(r))
     }
 }
+
+#[cfg(test)]
+mod tests;
