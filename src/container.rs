@@ -244,17 +244,20 @@ impl Container {
         }
         let pid_file = c.bundle.join("init.pid");
         let console = pending.console_socket().map(Path::to_path_buf);
-        let created = c.runc.create(
-            id,
-            &CreateOpts {
-                bundle: &c.bundle,
-                pid_file: &pid_file,
-                console_socket: console.as_deref(),
-                no_pivot: opts.no_pivot_root,
-                no_new_keyring: opts.no_new_keyring,
-            },
-            child,
-        );
+        let created = c
+            .runc
+            .create(
+                id,
+                &CreateOpts {
+                    bundle: &c.bundle,
+                    pid_file: &pid_file,
+                    console_socket: console.as_deref(),
+                    no_pivot: opts.no_pivot_root,
+                    no_new_keyring: opts.no_new_keyring,
+                },
+                child,
+            )
+            .map_err(|e| e.context("OCI runtime create failed"));
         let started = created
             .and_then(|()| read_pid(&pid_file))
             .and_then(|pid| Ok((pid, pending.start(relay)?)));
@@ -303,7 +306,8 @@ impl Container {
             console_socket: console.as_deref(),
             no_pivot: self.no_pivot,
         };
-        let restored = self.runc.restore(&self.id, &opts, r.child);
+        let restored =
+            (self.runc.restore(&self.id, &opts, r.child)).map_err(|e| e.context("OCI runtime restore failed"));
         let pid = restored.and_then(|()| read_pid(&pid_file)).inspect_err(|_| {
             let _ = fs::copy(work.join("restore.log"), self.bundle.join("criu-restore.log"));
         })?;
@@ -344,7 +348,10 @@ impl Container {
             PathBuf::from(&o.work_path)
         };
         fs::create_dir_all(&work).ctx(|| format!("creating CRIU work dir {}", work.display()))?;
-        let r = self.runc.checkpoint(&self.id, o, &image, &work);
+        let r = self
+            .runc
+            .checkpoint(&self.id, o, &image, &work)
+            .map_err(|e| e.context("OCI runtime checkpoint failed"));
         if r.is_err() {
             let _ = fs::copy(work.join("dump.log"), self.bundle.join("criu-dump.log"));
         }
@@ -382,6 +389,7 @@ impl Container {
         let r = self
             .runc
             .exec(&self.id, &spec, &pid_file, console.as_deref(), child)
+            .map_err(|e| e.context("OCI runtime exec failed"))
             .and_then(|()| read_pid(&pid_file));
         let _ = fs::remove_file(&spec);
         let pid = r?;

@@ -359,7 +359,7 @@ impl Service {
                 return Err(e);
             }
             self.watch_oom(&c);
-        } else if let Err(e) = c.runc.start(&c.id) {
+        } else if let Err(e) = c.runc.start(&c.id).map_err(|e| e.context("OCI runtime start failed")) {
             p.end_start(false);
             sub.started(&p);
             return Err(e);
@@ -523,7 +523,7 @@ impl Service {
     fn do_pause(&self, req: PauseRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
         c.init.begin_pause()?;
-        let r = c.runc.pause(&c.id);
+        let r = c.runc.pause(&c.id).map_err(|e| e.context("OCI runtime pause failed"));
         c.init.end_pause(r.is_ok());
         r?;
         self.events.publish(
@@ -539,7 +539,7 @@ impl Service {
     fn do_resume(&self, req: ResumeRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
         c.init.begin_resume()?;
-        let r = c.runc.resume(&c.id);
+        let r = c.runc.resume(&c.id).map_err(|e| e.context("OCI runtime resume failed"));
         c.init.end_resume(r.is_ok());
         r?;
         self.events.publish(
@@ -787,7 +787,9 @@ impl Service {
         // runc validates the LinuxResources itself; a JSON check here gives a clearer error first.
         serde_json::from_slice::<serde_json::Value>(resources)
             .map_err(|e| Error::InvalidArgument(format!("update resources are not LinuxResources JSON: {e}")))?;
-        c.runc.update(&c.id, resources)?;
+        c.runc
+            .update(&c.id, resources)
+            .map_err(|e| e.context("OCI runtime update failed"))?;
         Ok(Empty::new())
     }
 

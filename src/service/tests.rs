@@ -428,3 +428,40 @@ fn parked_waits_go_with_their_connection() {
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 8);
     assert!(rx.try_recv().is_err());
 }
+
+#[test]
+fn runtime_failures_read_as_the_go_shims_and_keep_their_code() {
+    // Docker's and kubelet's users (and their runbooks) grep for these prefixes.
+    let s = shim();
+    s.fake.on(
+        "create",
+        Box::new(|| {
+            Err(Error::Other(
+                "runc create failed: unable to start container process".into(),
+            ))
+        }),
+    );
+    let e = s.create("c").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "OCI runtime create failed: runc create failed: unable to start container process"
+    );
+    assert_eq!(
+        s.fake.calls(),
+        ["create c", "delete c"],
+        "the failed create is cleaned up"
+    );
+    lock(&s.fake.hooks).clear();
+    s.create("d").unwrap();
+    s.start("d", "").unwrap();
+    s.exec("d", "e").unwrap();
+    s.fake.on(
+        "exec",
+        Box::new(|| Err(Error::NotFound("exec failed: container does not exist".into()))),
+    );
+    let e = s.start("d", "e").unwrap_err();
+    assert_eq!(
+        e,
+        Error::NotFound("OCI runtime exec failed: exec failed: container does not exist".into())
+    );
+}
