@@ -4,12 +4,15 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::error::{Context, Error, Result};
+use crate::lock::lock;
 use crate::mount::{self, Mount};
 use crate::options::{self, Options};
-use crate::process::Process;
+use crate::process::{Process, State};
 use crate::protos::shim::shim::CreateTaskRequest;
+use crate::protos::shim::shim::ExecProcessRequest;
 use crate::runc::{CreateOpts, RestoreOpts};
 use crate::runtime::{NewRuntime, Runtime};
 use crate::stdio::{self, relay::Relay, StdioPaths};
@@ -39,6 +42,12 @@ pub struct Container {
     /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
     pub kill_all_on_exit: bool,
 }
+
+/// How long Delete waits for a process's output to reach the client before it closes the streams.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a Kill waits for a Start in progress to end (so that a Start that never returns cannot
+/// hold a Kill forever).
+const START_WAIT: Duration = Duration::from_secs(10);
 
 /// Ids become path components (bundle, runc state, pid files): refuse anything that could escape.
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
@@ -402,6 +411,156 @@ impl Container {
         Ok(pid)
     }
 
+    /// Exec: a created exec process with its spec (`terminal` as asked) and its own IO paths.
+    pub fn add_exec(&self, req: ExecProcessRequest) -> Result<Arc<Process>> {
+        validate_id("exec id", &req.exec_id)?;
+        match self.init.state() {
+            State::Created | State::Running => {}
+            s => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot exec in a container whose init is {s:?}"
+                )))
+            }
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec without a process spec".into()))?;
+        let mut process: serde_json::Value = serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::InvalidArgument(format!("exec process spec is not valid JSON: {e}")))?;
+        process
+            .as_object_mut()
+            .ok_or_else(|| Error::InvalidArgument("exec process spec is not a JSON object".into()))?
+            .insert("terminal".into(), req.terminal.into());
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
+        let spec = serde_json::to_vec(&process).unwrap_or_default();
+        let p = Arc::new(Process::with_spec(&self.id, Some(&req.exec_id), stdio, spec));
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {:?} of container {:?} already exists",
+                req.exec_id, self.id
+            )));
+        }
+        execs.insert(req.exec_id, p.clone());
+        Ok(p)
+    }
+
+    /// Delete of the init (which the caller moved to Deleting): runc's state, after the output has
+    /// drained (at most [`DRAIN_TIMEOUT`]), then the rootfs. A created init is killed by `runc
+    /// delete`: `forget` is called first, so its exit is not reported. On failure the IO is kept.
+    pub fn delete(&self, forget: impl FnOnce()) -> Result<()> {
+        let never_ran = self.init.exit().is_none();
+        let io = lock(&self.init.io).take();
+        let result: Result<()> = (|| {
+            if never_ran {
+                forget();
+                self.runc.delete(&self.id, false).or_else(ignore_not_found)?;
+            }
+            if let Some(io) = &io {
+                if !io.wait_drained(DRAIN_TIMEOUT) {
+                    log::warn!(
+                        "container {}: output not drained after {DRAIN_TIMEOUT:?}; closing it",
+                        self.id
+                    );
+                }
+            }
+            if !never_ran {
+                self.runc.delete(&self.id, false).or_else(ignore_not_found)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            *lock(&self.init.io) = io;
+            return Err(e.context("OCI runtime delete failed"));
+        }
+        if let Some(io) = io {
+            io.close();
+        }
+        if let Err(e) = self.unmount() {
+            log::warn!("container {}: {e}", self.id);
+        }
+        Ok(())
+    }
+
+    /// Delete of an exec (which the caller moved to Deleting): its output drained (at most
+    /// [`DRAIN_TIMEOUT`]), its IO closed, its pid file removed, and it is no longer known.
+    pub fn delete_exec(&self, p: &Process) {
+        if let Some(io) = lock(&p.io).take() {
+            if !io.wait_drained(DRAIN_TIMEOUT) {
+                log::warn!(
+                    "exec {} of {}: output not drained after {DRAIN_TIMEOUT:?}; closing it",
+                    p.id(),
+                    self.id
+                );
+            }
+            io.close();
+        }
+        let _ = fs::remove_file(self.bundle.join(format!("{}.pid", p.id())));
+        lock(&self.execs).remove(p.id());
+    }
+
+    /// Kill: a running init or exec is signalled directly; runc keeps the rest.
+    ///
+    /// `runc kill` is a Go process (about 8 ms of CPU) for what is one kill(2) in the common cases:
+    /// a signal to a running init, and SIGKILL to all of a container with a pid namespace of its own
+    /// (the kernel kills the rest of the namespace when its init dies). runc keeps paused (it thaws
+    /// for SIGKILL), created or stopped containers, and `all` with another signal or a shared pid
+    /// namespace (its walk of the cgroup). An init that has exited gets runc's answer (NotFound)
+    /// without runc, unless `all` may still find processes in a cgroup shared with others' pid
+    /// namespace. A Kill during a Start waits for it ([`START_WAIT`]): the process runs, and may
+    /// write, before runc returns its pid.
+    pub fn kill(&self, p: &Process, signal: u32, all: bool) -> Result<()> {
+        p.check_kill()?;
+        if p.is_init() {
+            if matches!(p.state(), State::Stopped | State::Deleting) && !(all && self.kill_all_on_exit) {
+                return Err(Error::NotFound(format!("container {} is not running", self.id)));
+            }
+            let direct = p.state_after_start(START_WAIT) == State::Running
+                && (!all || (signal == libc::SIGKILL as u32 && !self.kill_all_on_exit));
+            if direct {
+                return self.signal(p.pid(), signal, || format!("container {}", self.id));
+            }
+            return self.runc.kill(&self.id, signal, all);
+        }
+        // An exec is signalled directly; `all` does not apply to it.
+        match p.state_after_start(START_WAIT) {
+            State::Created | State::Starting => Err(Error::FailedPrecondition(format!(
+                "exec {} has not been started",
+                p.id()
+            ))),
+            State::Stopped | State::Deleting | State::Deleted => {
+                Err(Error::NotFound(format!("exec {} has already finished", p.id())))
+            }
+            _ => self.signal(p.pid(), signal, || format!("exec {}", p.id())),
+        }
+    }
+
+    /// Sends `signal` (any number runc would take, real-time ones included) to a process of ours.
+    /// Its pid cannot be reused before our reaper collects it; what remains is the moment between
+    /// that and the exit being recorded, which `runc kill` and the Go shim's exec kill have too.
+    fn signal(&self, pid: u32, signal: u32, what: impl Fn() -> String) -> Result<()> {
+        if signal == 0 || signal > libc::SIGRTMAX() as u32 {
+            return Err(Error::InvalidArgument(format!(
+                "invalid signal {signal} for {}",
+                what()
+            )));
+        }
+        if pid == 0 {
+            return Err(Error::FailedPrecondition(format!("{} has no pid yet", what())));
+        }
+        match self.runc.signal(pid, signal as i32) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => Err(Error::NotFound(format!("{} has already finished", what()))),
+            Err(e) => Err(Error::Other(format!("signalling {}: {e}", what()))),
+        }
+    }
+
     pub fn rootfs(&self) -> PathBuf {
         self.bundle.join("rootfs")
     }
@@ -411,6 +570,13 @@ impl Container {
             return Ok(());
         }
         mount::unmount_recursive(&self.rootfs())
+    }
+}
+
+fn ignore_not_found(e: Error) -> Result<()> {
+    match e {
+        Error::NotFound(_) => Ok(()),
+        e => Err(e),
     }
 }
 

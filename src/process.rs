@@ -35,8 +35,6 @@ struct Inner {
     state: State,
     pid: u32,
     exit: Option<ExitInfo>,
-    /// The state Delete rolls back to if it fails.
-    before_delete: State,
     waiters: Vec<Waiter>,
 }
 
@@ -83,7 +81,6 @@ impl Process {
                 state: State::Created,
                 pid: 0,
                 exit: None,
-                before_delete: State::Created,
                 waiters: Vec::new(),
             }),
             exited: Condvar::new(),
@@ -162,25 +159,9 @@ impl Process {
         }
     }
 
-    /// Created -> Starting.
-    pub fn begin_start(&self) -> Result<()> {
-        let mut g = self.lock();
-        match g.state {
-            State::Created => {
-                g.state = State::Starting;
-                Ok(())
-            }
-            s => Err(self.refuse("start", s)),
-        }
-    }
-
-    /// Starting -> Running, or back to Created when the start failed. An exit seen meanwhile wins.
-    pub fn end_start(&self, ok: bool) {
-        let mut g = self.lock();
-        if g.state == State::Starting {
-            g.state = if ok { State::Running } else { State::Created };
-        }
-        self.exited.notify_all();
+    /// Created -> Starting; the guard commits to Running, or rolls back to Created when dropped.
+    pub fn begin_start(&self) -> Result<Transition<'_>> {
+        self.transition("start", &[State::Created], State::Starting)
     }
 
     /// The state once a Start in progress has ended (at most `timeout` of waiting). The process runs,
@@ -216,89 +197,51 @@ impl Process {
         }
     }
 
-    /// A Start that failed before the process ran (an exec whose `runc exec` failed): the process
-    /// stays created, as the Go shim's does, and its waiters are answered: it will not run from this
-    /// start, and containerd waits for it before it reports the failure.
-    pub fn start_failed(&self) {
+    /// Created or Stopped -> Deleting; the guard commits to Deleted (releasing waiters), or rolls
+    /// back to where it was.
+    pub fn begin_delete(&self) -> Result<Transition<'_>> {
+        self.transition("delete", &[State::Created, State::Stopped], State::Deleting)
+    }
+
+    /// Running -> Pausing (while `runc pause` runs); commits to Paused, rolls back to Running.
+    pub fn begin_pause(&self) -> Result<Transition<'_>> {
+        self.transition("pause", &[State::Running], State::Pausing)
+    }
+
+    /// Paused -> Resuming (while `runc resume` runs); commits to Running, rolls back to Paused.
+    pub fn begin_resume(&self) -> Result<Transition<'_>> {
+        self.transition("resume", &[State::Paused], State::Resuming)
+    }
+
+    fn transition(&self, op: &str, from: &[State], to: State) -> Result<Transition<'_>> {
         let mut g = self.lock();
-        if g.state == State::Starting {
-            g.state = State::Created;
-        }
-        self.exited.notify_all();
-        let waiters = std::mem::take(&mut g.waiters);
-        drop(g);
-        release(
-            waiters,
-            ExitInfo {
-                status: 255,
-                at: SystemTime::now(),
-            },
-        );
-    }
-
-    /// Created or Stopped -> Deleting.
-    pub fn begin_delete(&self) -> Result<()> {
-        let mut g = self.lock();
-        match g.state {
-            State::Created | State::Stopped => {
-                g.before_delete = g.state;
-                g.state = State::Deleting;
-                Ok(())
-            }
-            s => Err(self.refuse("delete", s)),
-        }
-    }
-
-    /// Deleting -> Deleted (releasing waiters), or back to where it was when the delete failed.
-    pub fn end_delete(&self, ok: bool) {
-        let mut g = self.lock();
-        if g.state != State::Deleting {
-            return;
-        }
-        if ok {
-            g.state = State::Deleted;
-            self.exited.notify_all();
-            let waiters = std::mem::take(&mut g.waiters);
-            drop(g);
-            release(waiters, NEVER_RAN);
-        } else {
-            g.state = g.before_delete;
-        }
-    }
-
-    /// Running -> Pausing (while `runc pause` runs).
-    pub fn begin_pause(&self) -> Result<()> {
-        self.transition("pause", State::Running, State::Pausing)
-    }
-
-    /// Pausing -> Paused, or back to Running when the pause failed.
-    pub fn end_pause(&self, ok: bool) {
-        let mut g = self.lock();
-        if g.state == State::Pausing {
-            g.state = if ok { State::Paused } else { State::Running };
-        }
-    }
-
-    /// Paused -> Resuming (while `runc resume` runs).
-    pub fn begin_resume(&self) -> Result<()> {
-        self.transition("resume", State::Paused, State::Resuming)
-    }
-
-    /// Resuming -> Running, or back to Paused when the resume failed.
-    pub fn end_resume(&self, ok: bool) {
-        let mut g = self.lock();
-        if g.state == State::Resuming {
-            g.state = if ok { State::Running } else { State::Paused };
-        }
-    }
-
-    fn transition(&self, op: &str, from: State, to: State) -> Result<()> {
-        let mut g = self.lock();
-        if g.state != from {
+        if !from.contains(&g.state) {
             return Err(self.refuse(op, g.state));
         }
-        g.state = to;
-        Ok(())
+        let back = std::mem::replace(&mut g.state, to);
+        Ok(Transition {
+            p: self,
+            back,
+            done: false,
+        })
+    }
+
+    /// Ends the transient state a [`Transition`] entered. An exit recorded meanwhile (Stopped) wins.
+    fn end_transition(&self, ok: bool, back: State) -> Vec<Waiter> {
+        let mut g = self.lock();
+        let mut released = Vec::new();
+        g.state = match (g.state, ok) {
+            (State::Starting, true) | (State::Resuming, true) => State::Running,
+            (State::Pausing, true) => State::Paused,
+            (State::Deleting, true) => {
+                released = std::mem::take(&mut g.waiters);
+                State::Deleted
+            }
+            (State::Starting | State::Deleting | State::Pausing | State::Resuming, false) => back,
+            (s, _) => s,
+        };
+        self.exited.notify_all();
+        released
     }
 
     /// Whether the process can still be signalled.
@@ -350,6 +293,53 @@ impl Process {
     }
 }
 
+/// A transient state entered by `Process::begin_*`: [`Transition::commit`] ends it where the operation
+/// leads; dropped (an error returned, a panic) it rolls back. No path can leave a process in
+/// Starting, Deleting, Pausing or Resuming.
+#[must_use = "a transition is committed or rolled back"]
+pub struct Transition<'a> {
+    p: &'a Process,
+    back: State,
+    done: bool,
+}
+
+impl Transition<'_> {
+    pub fn commit(mut self) {
+        self.done = true;
+        release(self.p.end_transition(true, self.back), NEVER_RAN);
+    }
+
+    /// A start that failed before the process ran (an exec whose `runc exec` failed): the process
+    /// stays created, as the Go shim's does, and its waiters are answered (255): it will not run
+    /// from this start, and containerd waits for it before it reports the failure.
+    pub fn failed_to_run(mut self) {
+        self.done = true;
+        let _ = self.p.end_transition(false, self.back);
+        let waiters = std::mem::take(&mut self.p.lock().waiters);
+        release(
+            waiters,
+            ExitInfo {
+                status: 255,
+                at: SystemTime::now(),
+            },
+        );
+    }
+}
+
+impl std::fmt::Debug for Transition<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Transition of {} (back to {:?})", self.p.id(), self.back)
+    }
+}
+
+impl Drop for Transition<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.p.end_transition(false, self.back);
+        }
+    }
+}
+
 /// What a Wait on a process deleted without ever running is told, as the Go shim does.
 pub const NEVER_RAN: ExitInfo = ExitInfo {
     status: 0,
@@ -376,17 +366,20 @@ mod tests {
     fn state_after_start_waits_out_a_start_in_progress() {
         let p = Arc::new(p());
         assert_eq!(p.state_after_start(Duration::from_secs(5)), State::Created);
-        p.begin_start().unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
         let q = p.clone();
         let t = std::thread::spawn(move || {
+            let start = q.begin_start().unwrap();
+            started_tx.send(()).unwrap();
             std::thread::sleep(Duration::from_millis(50));
-            q.end_start(true);
+            start.commit();
         });
+        started.recv().unwrap();
         assert_eq!(p.state_after_start(Duration::from_secs(5)), State::Running);
         t.join().unwrap();
         // A Start that does not end is waited for only as long as asked.
         let r = super::Process::new("c", Some("e"), StdioPaths::default());
-        r.begin_start().unwrap();
+        let _start = r.begin_start().unwrap();
         assert_eq!(r.state_after_start(Duration::from_millis(20)), State::Starting);
     }
 
@@ -400,8 +393,7 @@ mod tests {
         }
         assert_eq!(p.waiters(), 3);
         assert_eq!(p.drop_waiters(1), 2, "connection 1 closed");
-        p.begin_start().unwrap();
-        p.end_start(true);
+        p.begin_start().unwrap().commit();
         assert!(rx.try_recv().is_err(), "nobody is told before the exit");
         assert!(p.set_exited(7));
         assert_eq!(rx.try_recv().unwrap(), (2, 7));
@@ -417,8 +409,7 @@ mod tests {
         let p = Process::new("c", Some("e"), StdioPaths::default());
         let (tx, rx) = std::sync::mpsc::channel();
         p.on_exit(1, Box::new(move |e| tx.send(e.status).unwrap()));
-        p.begin_start().unwrap();
-        p.start_failed();
+        p.begin_start().unwrap().failed_to_run();
         assert_eq!(rx.try_recv().unwrap(), 255);
         assert_eq!(p.state(), State::Created);
         assert_eq!(p.status(), Status::CREATED);
@@ -429,10 +420,10 @@ mod tests {
     fn lifecycle_table() {
         let p = p();
         assert_eq!(p.status(), Status::CREATED);
-        p.begin_start().unwrap();
+        let start = p.begin_start().unwrap();
         assert!(matches!(p.begin_start(), Err(Error::FailedPrecondition(_))));
         assert!(matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))));
-        p.end_start(true);
+        start.commit();
         assert_eq!(p.status(), Status::RUNNING);
         let e = p.begin_delete().unwrap_err();
         assert_eq!(e, Error::FailedPrecondition("cannot delete a running process".into()));
@@ -440,11 +431,9 @@ mod tests {
         assert!(!p.set_exited(4), "an exit is recorded once");
         assert_eq!(p.exit().unwrap().status, 3);
         assert!(matches!(p.begin_start(), Err(Error::FailedPrecondition(_))));
-        p.begin_delete().unwrap();
-        p.end_delete(false);
-        assert_eq!(p.state(), State::Stopped);
-        p.begin_delete().unwrap();
-        p.end_delete(true);
+        drop(p.begin_delete().unwrap());
+        assert_eq!(p.state(), State::Stopped, "a dropped transition rolls back");
+        p.begin_delete().unwrap().commit();
         assert!(matches!(p.begin_delete(), Err(Error::NotFound(_))));
         assert!(matches!(p.check_kill(), Err(Error::NotFound(_))));
         assert_eq!(p.status(), Status::STOPPED);
@@ -457,52 +446,47 @@ mod tests {
             matches!(p.begin_pause(), Err(Error::FailedPrecondition(_))),
             "created cannot pause"
         );
-        p.begin_start().unwrap();
-        p.end_start(true);
-        p.begin_pause().unwrap();
+        p.begin_start().unwrap().commit();
+        let pause = p.begin_pause().unwrap();
         assert_eq!(p.status(), Status::PAUSING);
         assert!(matches!(p.begin_pause(), Err(Error::FailedPrecondition(_))));
-        p.end_pause(true);
+        pause.commit();
         assert_eq!(p.status(), Status::PAUSED);
         assert!(
             matches!(p.begin_delete(), Err(Error::FailedPrecondition(_))),
             "paused cannot be deleted"
         );
-        p.begin_resume().unwrap();
+        let resume = p.begin_resume().unwrap();
         assert_eq!(p.status(), Status::PAUSED);
         assert!(
             matches!(p.begin_resume(), Err(Error::FailedPrecondition(_))),
             "resume while resuming"
         );
-        p.end_resume(false);
+        drop(resume);
         assert_eq!(p.status(), Status::PAUSED, "a failed resume keeps it paused");
-        p.begin_resume().unwrap();
-        p.end_resume(true);
+        p.begin_resume().unwrap().commit();
         assert_eq!(p.status(), Status::RUNNING);
         assert!(matches!(p.begin_resume(), Err(Error::FailedPrecondition(_))));
-        p.begin_pause().unwrap();
-        p.end_pause(true);
+        p.begin_pause().unwrap().commit();
         assert!(p.set_exited(137), "a paused process can still exit (SIGKILL)");
     }
 
     #[test]
     fn failed_start_returns_to_created_and_exit_during_start_wins() {
         let a = p();
-        a.begin_start().unwrap();
-        a.end_start(false);
+        drop(a.begin_start().unwrap());
         assert_eq!(a.state(), State::Created);
         let b = p();
-        b.begin_start().unwrap();
+        let start = b.begin_start().unwrap();
         assert!(b.set_exited(1));
-        b.end_start(true);
+        start.commit();
         assert_eq!(b.state(), State::Stopped);
     }
 
     #[test]
     fn wait_blocks_until_exit() {
         let p = Arc::new(p());
-        p.begin_start().unwrap();
-        p.end_start(true);
+        p.begin_start().unwrap().commit();
         let q = p.clone();
         let t = std::thread::spawn(move || q.wait().status);
         std::thread::sleep(Duration::from_millis(50));

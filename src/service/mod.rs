@@ -24,13 +24,11 @@ use crate::protos::shim::shim::*;
 use crate::protos::shim::shim_ttrpc::Task;
 use crate::protos::shim::task::{ProcessInfo, Status};
 use crate::reaper::Exit;
-use crate::runtime::{NewRuntime, Runtime};
+use crate::runtime::NewRuntime;
 use crate::server::Reply;
 use crate::stdio::relay::Relay;
-use crate::stdio::StdioPaths;
 use lifecycle::{Action, Lifecycle};
 
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an exit waits for the process's output to reach the client before it is reported. A
 /// client may stop reading once it has the exit: containerd 1.6's `Task.Delete` (ctr) closes its
 /// fifo readers before it waits for its copy (1.7 fixed that), so output still in the shim's pipe or
@@ -38,9 +36,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// a few milliseconds; a background process that keeps the pipe open, or a client that does not
 /// read, costs 100 ms (the wait stops when nothing moves for that long; the Go shim does not wait).
 const EXIT_DRAIN: Duration = Duration::from_secs(1);
-/// How long a Kill waits for a Start in progress to end (so that a Start that never returns cannot
-/// hold a Kill forever).
-const START_WAIT: Duration = Duration::from_secs(10);
 
 /// What the daemon's main thread waits for.
 pub enum Msg {
@@ -349,22 +344,19 @@ impl Service {
         if !p.is_init() {
             return self.start_exec(&c, &p);
         }
-        p.begin_start()?;
+        let start = p.begin_start()?;
         let sub = self.pre_start(Some(&p));
         if c.restore_pending() {
-            if let Err(e) = c.start_restore(&self.relay) {
-                // Nothing runs: the task stays created, with no process to track.
-                drop(sub);
-                p.end_start(false);
-                return Err(e);
-            }
+            // On failure nothing runs: the task stays created, with no process to track.
+            c.start_restore(&self.relay)?;
             self.watch_oom(&c);
         } else if let Err(e) = c.runc.start(&c.id).map_err(|e| e.context("OCI runtime start failed")) {
-            p.end_start(false);
+            // The created init is tracked again (it may die with the failed start).
+            drop(start);
             sub.started(&p);
             return Err(e);
         }
-        p.end_start(true);
+        start.commit();
         let pid = p.pid();
         self.events.publish(
             "/tasks/start",
@@ -382,9 +374,8 @@ impl Service {
     }
 
     fn start_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<StartResponse> {
-        p.begin_start()?;
+        let start = p.begin_start()?;
         if !lock(&self.lifecycle).exec_starting(&c.id) {
-            p.end_start(false);
             return Err(Error::FailedPrecondition(format!(
                 "container {} init process is not running",
                 c.id
@@ -397,12 +388,12 @@ impl Service {
                 drop(sub);
                 // Never ran: it stays created (as the Go shim's does), its Wait returns, no exit
                 // event, and a held-back init exit may go now.
-                p.start_failed();
+                start.failed_to_run();
                 self.exec_done(&c.id);
                 return Err(e);
             }
         };
-        p.end_start(true);
+        start.commit();
         self.events.publish(
             "/tasks/exec-started",
             &ev::TaskExecStarted {
@@ -421,48 +412,13 @@ impl Service {
 
     fn do_exec(&self, req: ExecProcessRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
-        validate_id("exec id", &req.exec_id)?;
-        match c.init.state() {
-            State::Created | State::Running => {}
-            s => {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot exec in a container whose init is {s:?}"
-                )))
-            }
-        }
-        let spec = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("exec without a process spec".into()))?;
-        let mut process: serde_json::Value = serde_json::from_slice(&spec.value)
-            .map_err(|e| Error::InvalidArgument(format!("exec process spec is not valid JSON: {e}")))?;
-        process
-            .as_object_mut()
-            .ok_or_else(|| Error::InvalidArgument("exec process spec is not a JSON object".into()))?
-            .insert("terminal".into(), req.terminal.into());
-        let stdio = StdioPaths {
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            terminal: req.terminal,
-        };
-        let spec = serde_json::to_vec(&process).unwrap_or_default();
-        let p = Arc::new(Process::with_spec(&c.id, Some(&req.exec_id), stdio, spec));
-        {
-            let mut execs = lock(&c.execs);
-            if execs.contains_key(&req.exec_id) {
-                return Err(Error::AlreadyExists(format!(
-                    "exec {:?} of container {:?} already exists",
-                    req.exec_id, c.id
-                )));
-            }
-            execs.insert(req.exec_id.clone(), p);
-        }
+        let exec_id = req.exec_id.clone();
+        c.add_exec(req)?;
         self.events.publish(
             "/tasks/exec-added",
             &ev::TaskExecAdded {
                 container_id: c.id.clone(),
-                exec_id: req.exec_id.clone(),
+                exec_id,
                 ..Default::default()
             },
         );
@@ -470,27 +426,10 @@ impl Service {
     }
 
     fn delete_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<DeleteResponse> {
-        p.begin_delete()?;
-        if let Some(io) = lock(&p.io).take() {
-            if !io.wait_drained(DRAIN_TIMEOUT) {
-                log::warn!(
-                    "exec {} of {}: output not drained after {DRAIN_TIMEOUT:?}; closing it",
-                    p.id(),
-                    c.id
-                );
-            }
-            io.close();
-        }
-        let _ = std::fs::remove_file(c.bundle.join(format!("{}.pid", p.id())));
-        lock(&c.execs).remove(p.id());
-        p.end_delete(true);
-        let (status, at) = p.exit().map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
-        Ok(DeleteResponse {
-            pid: p.pid(),
-            exit_status: status,
-            exited_at: Some(timestamp(at)).into(),
-            ..Default::default()
-        })
+        let delete = p.begin_delete()?;
+        c.delete_exec(p);
+        delete.commit();
+        Ok(delete_response(p))
     }
 
     fn do_pids(&self, req: PidsRequest) -> Result<PidsResponse> {
@@ -522,10 +461,9 @@ impl Service {
 
     fn do_pause(&self, req: PauseRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
-        c.init.begin_pause()?;
-        let r = c.runc.pause(&c.id).map_err(|e| e.context("OCI runtime pause failed"));
-        c.init.end_pause(r.is_ok());
-        r?;
+        let pause = c.init.begin_pause()?;
+        c.runc.pause(&c.id).map_err(|e| e.context("OCI runtime pause failed"))?;
+        pause.commit();
         self.events.publish(
             "/tasks/paused",
             &ev::TaskPaused {
@@ -538,10 +476,11 @@ impl Service {
 
     fn do_resume(&self, req: ResumeRequest) -> Result<Empty> {
         let c = self.container(&req.id)?;
-        c.init.begin_resume()?;
-        let r = c.runc.resume(&c.id).map_err(|e| e.context("OCI runtime resume failed"));
-        c.init.end_resume(r.is_ok());
-        r?;
+        let resume = c.init.begin_resume()?;
+        c.runc
+            .resume(&c.id)
+            .map_err(|e| e.context("OCI runtime resume failed"))?;
+        resume.commit();
         self.events.publish(
             "/tasks/resumed",
             &ev::TaskResumed {
@@ -557,97 +496,32 @@ impl Service {
         if !p.is_init() {
             return self.delete_exec(&c, &p);
         }
-        p.begin_delete()?;
-        let never_ran = p.exit().is_none();
-        let io = lock(&p.io).take();
-        let result = (|| {
-            if never_ran {
-                // runc delete kills the created init; that exit is not the task's to report.
-                lock(&self.lifecycle).forget(&p, p.pid());
-                c.runc.delete(&c.id, false).or_else(ignore_not_found)?;
-            }
-            if let Some(io) = &io {
-                if !io.wait_drained(DRAIN_TIMEOUT) {
-                    log::warn!(
-                        "container {}: output not drained after {DRAIN_TIMEOUT:?}; closing it",
-                        c.id
-                    );
-                }
-            }
-            if !never_ran {
-                c.runc.delete(&c.id, false).or_else(ignore_not_found)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            *lock(&p.io) = io;
-            p.end_delete(false);
-            return Err(e);
-        }
-        if let Some(io) = io {
-            io.close();
-        }
-        if let Err(e) = c.unmount() {
-            log::warn!("container {}: {e}", c.id);
-        }
+        let delete = p.begin_delete()?;
+        // runc delete kills a created init; that exit is not the task's to report.
+        c.delete(|| lock(&self.lifecycle).forget(&p, p.pid()))?;
         self.oom.remove(&c.id);
         lock(&self.containers).remove(&c.id);
         lock(&self.lifecycle).deleted(&c.id);
-        p.end_delete(true);
-        let exit = p.exit();
-        let (status, at) = exit.map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
+        delete.commit();
+        let r = delete_response(&p);
         self.events.publish(
             "/tasks/delete",
             &ev::TaskDelete {
                 container_id: c.id.clone(),
-                pid: p.pid(),
-                exit_status: status,
-                exited_at: Some(timestamp(at)).into(),
+                pid: r.pid,
+                exit_status: r.exit_status,
+                exited_at: r.exited_at.clone(),
                 ..Default::default()
             },
         );
         log::info!("deleted container {}", c.id);
-        Ok(DeleteResponse {
-            pid: p.pid(),
-            exit_status: status,
-            exited_at: Some(timestamp(at)).into(),
-            ..Default::default()
-        })
+        Ok(r)
     }
 
     fn do_kill(&self, req: KillRequest) -> Result<Empty> {
         let (c, p) = self.process(&req.id, &req.exec_id)?;
-        p.check_kill()?;
-        if p.is_init() {
-            // `runc kill` is a Go process (about 8 ms of CPU) for what is one kill(2) in the common
-            // cases: a signal to a running init, and SIGKILL to all of a container with a pid
-            // namespace of its own (the kernel kills the rest of the namespace when its init dies).
-            // runc keeps the others: paused (it thaws for SIGKILL), created or stopped containers,
-            // and `all` with another signal or a shared pid namespace (its walk of the cgroup).
-            // An init that has exited gets runc's answer (NotFound) without runc, unless `all` may
-            // still find processes in a cgroup shared with others' pid namespace.
-            if matches!(p.state(), State::Stopped | State::Deleting) && !(req.all && c.kill_all_on_exit) {
-                return Err(Error::NotFound(format!("container {} is not running", c.id)));
-            }
-            let direct = p.state_after_start(START_WAIT) == State::Running
-                && (!req.all || (req.signal == libc::SIGKILL as u32 && !c.kill_all_on_exit));
-            if direct {
-                return signal(&*c.runc, p.pid(), req.signal, || format!("container {}", c.id));
-            }
-            c.runc.kill(&c.id, req.signal, req.all)?;
-            return Ok(Empty::new());
-        }
-        // An exec is signalled directly; `all` does not apply to it.
-        match p.state_after_start(START_WAIT) {
-            State::Created | State::Starting => Err(Error::FailedPrecondition(format!(
-                "exec {} has not been started",
-                p.id()
-            ))),
-            State::Stopped | State::Deleting | State::Deleted => {
-                Err(Error::NotFound(format!("exec {} has already finished", p.id())))
-            }
-            _ => signal(&*c.runc, p.pid(), req.signal, || format!("exec {}", p.id())),
-        }
+        c.kill(&p, req.signal, req.all)?;
+        Ok(Empty::new())
     }
 
     fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
@@ -805,13 +679,13 @@ impl Service {
         })
     }
 
+    /// ResizePty: the process's terminal (before Start too). A process that has exited has no
+    /// terminal left to resize: that is no error (the Go shim answers one for an exec, which
+    /// `ctr exec -t` prints whenever the exit wins the race with its first resize).
     fn do_resize_pty(&self, req: ResizePtyRequest) -> Result<Empty> {
         let (_, p) = self.process(&req.id, &req.exec_id)?;
-        if !p.is_init() && p.state() == State::Stopped {
-            return Err(Error::FailedPrecondition(format!(
-                "cannot resize the terminal of stopped exec {}",
-                p.id()
-            )));
+        if p.exit().is_some() {
+            return Ok(Empty::new());
         }
         if let Some(io) = lock(&p.io).as_ref() {
             io.resize(req.width, req.height)?;
@@ -826,30 +700,14 @@ impl Service {
     }
 }
 
-fn ignore_not_found(e: Error) -> Result<()> {
-    match e {
-        Error::NotFound(_) => Ok(()),
-        e => Err(e),
-    }
-}
-
-/// Sends `signal` (any number runc would take, real-time ones included) to a process of ours. Its pid
-/// cannot be reused before our reaper collects it; what remains is the moment between that and the
-/// exit being recorded, which `runc kill` and the Go shim's exec kill have too.
-fn signal(rt: &dyn Runtime, pid: u32, signal: u32, what: impl Fn() -> String) -> Result<Empty> {
-    if signal == 0 || signal > libc::SIGRTMAX() as u32 {
-        return Err(Error::InvalidArgument(format!(
-            "invalid signal {signal} for {}",
-            what()
-        )));
-    }
-    if pid == 0 {
-        return Err(Error::FailedPrecondition(format!("{} has no pid yet", what())));
-    }
-    match rt.signal(pid, signal as i32) {
-        Ok(()) => Ok(Empty::new()),
-        Err(nix::errno::Errno::ESRCH) => Err(Error::NotFound(format!("{} has already finished", what()))),
-        Err(e) => Err(Error::Other(format!("signalling {}: {e}", what()))),
+/// What Delete answers for a process: its pid and exit (none: 0, now).
+fn delete_response(p: &Process) -> DeleteResponse {
+    let (status, at) = p.exit().map(|e| (e.status, e.at)).unwrap_or((0, SystemTime::now()));
+    DeleteResponse {
+        pid: p.pid(),
+        exit_status: status,
+        exited_at: Some(timestamp(at)).into(),
+        ..Default::default()
     }
 }
 

@@ -14,6 +14,7 @@ use crate::events::{ForwardError, Sink};
 use crate::options::CheckpointOpts;
 use crate::protos::shim::event::Envelope;
 use crate::runc::{CreateOpts, RestoreOpts};
+use crate::runtime::Runtime;
 use crate::stdio::ChildStdio;
 
 /// What a fake runtime verb does besides being recorded: may fail, or act on the service (an exit).
@@ -464,4 +465,22 @@ fn runtime_failures_read_as_the_go_shims_and_keep_their_code() {
         e,
         Error::NotFound("OCI runtime exec failed: exec failed: container does not exist".into())
     );
+}
+
+#[test]
+fn resizing_the_terminal_of_an_exited_exec_is_no_error() {
+    let s = shim();
+    s.create("c").unwrap();
+    s.start("c", "").unwrap();
+    s.exec("c", "e").unwrap();
+    let pid = s.start("c", "e").unwrap();
+    s.exit(pid, 0);
+    let r = s.svc.do_resize_pty(ResizePtyRequest {
+        id: "c".into(),
+        exec_id: "e".into(),
+        width: 80,
+        height: 24,
+        ..Default::default()
+    });
+    assert!(r.is_ok(), "{r:?}");
 }
