@@ -128,6 +128,11 @@ fn spec(namespace: &str, id: &str, args: &[&str], terminal: bool) -> String {
 impl DirectShim {
     /// `shim start` in a fresh bundle; waits for the daemon it spawned.
     pub fn start() -> DirectShim {
+        DirectShim::start_env(&[])
+    }
+
+    /// `start`, with `env` added to the environment of `shim start` (and so of the daemon).
+    pub fn start_env(env: &[(&str, &str)]) -> DirectShim {
         let n = N.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/rrd-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -174,7 +179,7 @@ impl DirectShim {
             ],
             &bundle,
             b"",
-            &[("TTRPC_ADDRESS", &ttrpc_address)],
+            &[&[("TTRPC_ADDRESS", ttrpc_address.as_str())], env].concat(),
         );
         assert!(o.status.success(), "shim start failed: {o:?}");
         let printed = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -212,6 +217,34 @@ impl DirectShim {
     pub fn client(&self) -> TaskClient {
         let c = ttrpc::Client::connect(&format!("unix://{}", self.socket.display())).expect("connect to the shim");
         TaskClient::new(c)
+    }
+
+    /// Creates and starts container `id` (busybox `args`, no stdio): its pid.
+    pub fn run(&self, id: &str, args: &[&str]) -> u32 {
+        use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest};
+        let bundle = self.bundle(id, Some(&spec_json(&self.namespace, id, args)));
+        busybox_rootfs(&bundle);
+        let client = self.client();
+        client
+            .create(
+                ctx(),
+                &CreateTaskRequest {
+                    id: id.into(),
+                    bundle: bundle.to_string_lossy().into_owned(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
+        client
+            .start(
+                ctx(),
+                &StartRequest {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"))
+            .pid
     }
 
     pub fn raw(&self) -> std::io::Result<Conn> {
