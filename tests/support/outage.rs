@@ -200,11 +200,11 @@ pub fn crash_outage(n: usize, outage: Duration) {
         down.elapsed().as_secs_f64(),
         ended.as_secs_f64()
     );
-    // Backoff after a long outage may be tens of seconds (Go caps it at 30 s or so).
+    // Backoff after a long outage may reach tens of seconds before the next try.
     check(
         &events,
         &list,
-        Duration::from_secs(120),
+        Duration::from_secs(60).max(outage),
         MAX_DELIVERIES_PER_EXIT,
         &format!("containerd down {:.0} s", outage.as_secs_f64()),
     );
