@@ -384,6 +384,13 @@ fn own_sockets(c: &Containerd, groups: &[String]) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// The live shim of `group` listens where `own_sockets` says: the exact check cannot pass for a
+/// wrong reason (a path computed wrong would never exist).
+fn assert_own_socket_named_right(c: &Containerd, group: &str) {
+    let (_, path) = own_sockets(c, &[group.to_string()]).remove(0);
+    assert!(path.exists(), "the shim of {group} has no socket at {}", path.display());
+}
+
 /// Nothing left by this test. The harness's "shim socket without listener" looks at every socket in
 /// the host-wide /run/containerd/s made since this containerd started, which includes those of
 /// other tests and tools running meanwhile (seen: 3 such, none of them this test's); here the check
@@ -607,6 +614,7 @@ fn thousand_lifecycles_leave_nothing() {
     assert!(residue.is_empty(), "after the churn: {residue:#?}");
     assert_flat("1,000 lifecycles", shim, before, after);
 
+    assert_own_socket_named_right(&c, &group);
     remove_anchor(&c, &anchor);
     std::thread::sleep(Duration::from_millis(500));
     let text = events.stop();
@@ -794,6 +802,7 @@ fn thousand_execs_keep_the_shim_flat() {
     let residue = churn_residue(&c, &anchor, shim);
     assert!(residue.is_empty(), "after the execs: {residue:#?}");
     assert_flat("1,000 execs", shim, before, after);
+    assert_own_socket_named_right(&c, &anchor);
     remove_anchor(&c, &anchor);
     std::thread::sleep(Duration::from_millis(500));
     let text = events.stop();
