@@ -300,8 +300,9 @@ fn pids_limited_shim_stays_controllable() {
     if let Err(e) = kill(&shim, "c", libc::SIGKILL) {
         failed.push(format!("Kill: {e:?}"));
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
     for p in parked.iter_mut() {
-        if let Err(e) = p.read_all(Duration::from_secs(30)) {
+        if let Err(e) = p.read_all(deadline) {
             failed.push(e);
         }
     }

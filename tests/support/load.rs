@@ -72,9 +72,9 @@ impl Parked {
         Err(format!("no answer for stream {sid} within {timeout:?}"))
     }
 
-    /// Reads until every request has its answer or `timeout`: the ones still unanswered.
-    pub fn read_all(&mut self, timeout: Duration) -> Result<Vec<u32>, String> {
-        let deadline = Instant::now() + timeout;
+    /// Reads until every request has its answer or `deadline` (one for all connections, so many
+    /// unanswered ones fail in bounded time): the ones still unanswered.
+    pub fn read_all(&mut self, deadline: Instant) -> Result<Vec<u32>, String> {
         let _ = self.conn.stream.set_read_timeout(Some(Duration::from_secs(2)));
         while self.answers.len() < self.sids.len() && Instant::now() < deadline {
             match self.conn.read_frame() {
@@ -168,8 +168,9 @@ pub fn pending_waits(n: usize) {
             },
         )
         .expect("Kill");
+    let deadline = Instant::now() + Duration::from_secs(60);
     for p in parked.iter_mut() {
-        p.read_all(Duration::from_secs(60)).expect("reading the Waits' answers");
+        p.read_all(deadline).expect("reading the Waits' answers");
     }
     let wrong = wrong_wait_answers(&parked, 137);
     println!(
