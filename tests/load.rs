@@ -557,6 +557,46 @@ fn daemons_of(id: &str) -> Vec<u32> {
     })
 }
 
+/// `shim start` for `id` in `bundle` (its config.json written already), with `-address` naming a
+/// socket nobody serves and `env` added: its output.
+fn shim_start(bundle: &Path, namespace: &str, id: &str, address: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let ttrpc = format!("{address}.ttrpc");
+    run_shim(
+        &[
+            "-namespace",
+            namespace,
+            "-address",
+            address,
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            id,
+            "start",
+        ],
+        bundle,
+        b"",
+        &[&[("TTRPC_ADDRESS", ttrpc.as_str())], env].concat(),
+    )
+}
+
+/// On drop (also when the test failed): kills any daemon of `id` left and removes its socket and
+/// runc state dir.
+struct NoDaemonLeft {
+    id: String,
+    socket: PathBuf,
+    namespace: String,
+}
+
+impl Drop for NoDaemonLeft {
+    fn drop(&mut self) {
+        for p in daemons_of(&self.id) {
+            support::signal(p, libc::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+    }
+}
+
 /// Row 9: `start` whose address file cannot be written (the bundle on a full filesystem) fails with
 /// a clear error and leaves no daemon and no socket.
 #[test]
@@ -580,34 +620,18 @@ fn start_that_cannot_write_its_address_leaves_no_daemon() {
     }
     let address = format!("/tmp/rr-full-{}.sock", std::process::id());
     let socket = PathBuf::from(socket_path(SOCKET_DIR, &address, &namespace, &id));
-    let o = run_shim(
-        &[
-            "-namespace",
-            &namespace,
-            "-address",
-            &address,
-            "-publish-binary",
-            "/usr/bin/containerd",
-            "-id",
-            &id,
-            "start",
-        ],
-        &bundle,
-        b"",
-        &[("TTRPC_ADDRESS", &format!("{address}.ttrpc"))],
-    );
+    let _guard = NoDaemonLeft {
+        id: id.clone(),
+        socket: socket.clone(),
+        namespace: namespace.clone(),
+    };
+    let o = shim_start(&bundle, &namespace, &id, &address, &[]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    // The daemon, if one was left, is gone by itself within this bound (it was spawned before).
+    // A daemon `start` spawned and then gave up on must be gone within this bound.
     let left = support::eventually(Duration::from_secs(10), || {
         (daemons_of(&id).is_empty() && !socket.exists()).then_some(())
     });
-    let daemons = daemons_of(&id);
-    let socket_left = socket.exists();
-    for p in &daemons {
-        support::signal(*p, libc::SIGKILL);
-    }
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&namespace));
+    let (daemons, socket_left) = (daemons_of(&id), socket.exists());
     println!(
         "start: {}, stderr {:?}; daemons left {daemons:?}, socket left {socket_left}",
         o.status,
@@ -625,23 +649,50 @@ fn start_that_cannot_write_its_address_leaves_no_daemon() {
 }
 
 /// Row 9: a daemon started by `start` that never gets a Create exits by itself within
-/// RUSTRUNC_IDLE_EXIT_SECS (60 s unless set) and removes its socket.
+/// RUSTRUNC_IDLE_EXIT_SECS (60 s unless set) and removes its socket. (`start` succeeded, so it
+/// spawned the daemon; whether this test sees it alive first does not matter.)
 #[test]
 fn daemon_without_create_exits_by_itself() {
     if common::skip_if_unsupported() {
         return;
     }
+    let dir = support::shim::TempDir::new("rr-idle");
+    let id = unique_id("idle");
+    let namespace = unique_id("rr-idle");
+    let bundle = dir.0.join(&id);
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), spec_json(&namespace, &id, &["true"])).unwrap();
+    let address = dir.0.join("fake.sock").to_string_lossy().into_owned();
     let secs = IDLE_EXIT_SECS.to_string();
-    let shim = DirectShim::start_env(&[("RUSTRUNC_IDLE_EXIT_SECS", &secs)]);
+    let o = shim_start(
+        &bundle,
+        &namespace,
+        &id,
+        &address,
+        &[("RUSTRUNC_IDLE_EXIT_SECS", &secs)],
+    );
+    assert!(o.status.success(), "start: {o:?}");
     let started = Instant::now();
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let socket = PathBuf::from(printed.trim().strip_prefix("unix://").unwrap_or(printed.trim()));
+    let _guard = NoDaemonLeft {
+        id: id.clone(),
+        socket: socket.clone(),
+        namespace,
+    };
+    let seen = daemons_of(&id);
     // Its own bound plus slack for a loaded machine.
     let bound = Duration::from_secs(IDLE_EXIT_SECS + 20);
-    let gone = support::eventually(bound, || (!shim.alive() && !shim.socket.exists()).then_some(()));
+    let gone = support::eventually(bound, || (daemons_of(&id).is_empty() && !socket.exists()).then_some(()));
     println!(
-        "idle daemon (RUSTRUNC_IDLE_EXIT_SECS={secs}): {} after {:.1} s, socket {}",
-        if shim.alive() { "still running" } else { "exited" },
+        "idle daemon {seen:?} (RUSTRUNC_IDLE_EXIT_SECS={secs}): {} after {:.1} s, socket {}",
+        if daemons_of(&id).is_empty() {
+            "exited"
+        } else {
+            "still running"
+        },
         started.elapsed().as_secs_f64(),
-        if shim.socket.exists() { "still there" } else { "removed" }
+        if socket.exists() { "still there" } else { "removed" }
     );
     assert!(
         gone.is_some(),

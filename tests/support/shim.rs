@@ -29,6 +29,28 @@ pub fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT_NS)
 }
 
+/// A fresh directory `/tmp/<prefix>-<pid>-<n>`, removed (with what is mounted under it) on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        for m in procs::mounts_under(&self.0) {
+            let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
+        }
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct DirectShim {
     /// Temp dir holding the bundles (`<dir>/<id>`) and the fake containerd address.
     pub dir: PathBuf,
@@ -128,11 +150,6 @@ fn spec(namespace: &str, id: &str, args: &[&str], terminal: bool) -> String {
 impl DirectShim {
     /// `shim start` in a fresh bundle; waits for the daemon it spawned.
     pub fn start() -> DirectShim {
-        DirectShim::start_env(&[])
-    }
-
-    /// `start`, with `env` added to the environment of `shim start` (and so of the daemon).
-    pub fn start_env(env: &[(&str, &str)]) -> DirectShim {
         let n = N.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/rrd-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -179,7 +196,7 @@ impl DirectShim {
             ],
             &bundle,
             b"",
-            &[&[("TTRPC_ADDRESS", ttrpc_address.as_str())], env].concat(),
+            &[("TTRPC_ADDRESS", &ttrpc_address)],
         );
         assert!(o.status.success(), "shim start failed: {o:?}");
         let printed = String::from_utf8_lossy(&o.stdout).into_owned();
