@@ -126,8 +126,8 @@ fn deliveries(events: &str, e: &Exiting) -> (usize, usize, bool, Vec<String>) {
 
 /// Waits (≤ `timeout`) until `events` shows both exits of every container, then checks them: each
 /// at least once, the exec's first, right statuses, at most `max_each` deliveries of one exit.
-/// Prints the delivery counts.
-fn check(events: &Events, list: &[Exiting], timeout: Duration, max_each: usize, what: &str) {
+/// Prints the delivery counts; returns what is wrong.
+fn check(events: &Events, list: &[Exiting], timeout: Duration, max_each: usize, what: &str) -> Vec<String> {
     let started = Instant::now();
     let all = super::eventually(timeout, || {
         let text = events.peek();
@@ -168,7 +168,10 @@ fn check(events: &Events, list: &[Exiting], timeout: Duration, max_each: usize, 
             format!("NOT all within {timeout:?}")
         }
     );
-    assert!(problems.is_empty(), "{what}:\n{}", problems.join("\n"));
+    if !problems.is_empty() {
+        problems.insert(0, format!("{what}:"));
+    }
+    problems
 }
 
 /// containerd SIGKILLed; `n` containers end their exec and init; `outage` later containerd is back.
@@ -201,15 +204,28 @@ pub fn crash_outage(n: usize, outage: Duration) {
         ended.as_secs_f64()
     );
     // Backoff after a long outage may reach tens of seconds before the next try.
-    check(
+    let forwarded = || {
+        let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+        let ns = format!("ns={}", c.namespace);
+        log.lines()
+            .filter(|l| l.contains("event forwarded") && l.contains("topic=/tasks/exit") && l.contains(&ns))
+            .count()
+    };
+    let problems = check(
         &events,
         &list,
         Duration::from_secs(60).max(outage),
         MAX_DELIVERIES_PER_EXIT,
         &format!("containerd down {:.0} s", outage.as_secs_f64()),
     );
+    // containerd's own record (debug log of the restarted one): every forward it took, duplicates too.
+    println!(
+        "containerd.log: {} /tasks/exit forwarded after the restart",
+        forwarded()
+    );
     drop(events);
     drop(back);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// containerd SIGSTOPped (alive, its sockets accept, nothing answers) for `outage` while `n`
@@ -233,11 +249,12 @@ pub fn frozen_outage(n: usize, outage: Duration) {
     std::thread::sleep(outage.saturating_sub(down.elapsed()));
     drop(cont);
     println!("containerd stopped for {:.1} s", down.elapsed().as_secs_f64());
-    check(
+    let problems = check(
         &events,
         &list,
         Duration::from_secs(120),
         MAX_DELIVERIES_PER_EXIT,
         &format!("containerd SIGSTOPped {:.0} s", outage.as_secs_f64()),
     );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
