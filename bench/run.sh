@@ -3,8 +3,8 @@
 #
 # Compares this shim (io.containerd.rustrunc.v2, "ours") with containerd's Go shim
 # (io.containerd.runc.v2, "go") on one private containerd: lifecycle latency and CPU, shim CPU,
-# idle memory, parallel start/teardown throughput, stdout relay throughput and CPU, exec latency and
-# TTY relay. Samples are taken interleaved (go, ours, go, ours, ...) after warm-ups. Prints an
+# idle memory, parallel start/teardown throughput, stdout relay throughput and CPU, exec latency,
+# TTY relay, and threads and memory under load (pending Waits, idle connections, concurrent execs). Samples are taken interleaved (go, ours, go, ours, ...) after warm-ups. Prints an
 # aligned table (median, p95, mean, ours/Go) and writes a TSV (default bench/results.tsv); the
 # containerd log and the list of failed commands are kept in DIR (default bench/logs). See
 # bench/README.md for what each figure means and how it is measured.
@@ -29,7 +29,7 @@ usage() {
 }
 
 quick=0
-cases=1,2,3,4,5,6,7,8
+cases=1,2,3,4,5,6,7,8,9
 tsv=$here/results.tsv
 logdir=$here/logs
 while [ $# -gt 0 ]; do
@@ -61,6 +61,7 @@ if [ "$quick" = 1 ]; then
   EXEC_W=1 EXEC_N=5                      # case 6
   TTY_W=1 TTY_N=3 TTY_MIB=8              # case 7
   DIRECT_MIB=64 DIRECT_TTY_MIB=16 DIRECT_W=1 DIRECT_N=3   # case 8
+  LOAD_N=1 LOAD_WAITS=1000,5000 LOAD_IDLE=500 LOAD_EXECS=50   # case 9
   IDLE_S=1 SETTLE_S=2 IDLE_CPU_S=2
 else
   mode=full
@@ -72,6 +73,7 @@ else
   EXEC_W=2 EXEC_N=40
   TTY_W=1 TTY_N=5 TTY_MIB=32
   DIRECT_MIB=256 DIRECT_TTY_MIB=64 DIRECT_W=1 DIRECT_N=5
+  LOAD_N=3 LOAD_WAITS=1000,5000 LOAD_IDLE=500 LOAD_EXECS=200
   IDLE_S=3 SETTLE_S=3 IDLE_CPU_S=5
 fi
 CTR_TIMEOUT=60        # seconds for any one ctr command (a hang shows up as a failure, not a stall)
@@ -737,6 +739,63 @@ for m in pipe tty; do
   for ((i = 0; i < DIRECT_W; i++)); do for s in "${SHIMS[@]}"; do direct_once "$s" "$m" "$mib" "w$i" 0; done; done
   for ((i = 0; i < DIRECT_N; i++)); do for s in "${SHIMS[@]}"; do direct_once "$s" "$m" "$mib" "$i" 1; done; done
 done
+fi
+
+# ---- case 9: threads and memory under load --------------------------------------------------------
+# One `sleep` container per measurement and shim (what one measurement leaves, e.g. threads kept by
+# Waits whose connections closed, must not count in the next): its shim's threads and RSS with
+# nothing pending; with 1,000 then 5,000 Waits parked on the init; with 500 idle connections; with N
+# execs running at once, each waited for (threads: the peak sampled through the run). The load is
+# made over the shim's own socket by bench/lib/load.py.
+if want 9; then
+c9="9 load on one shim"
+log "case 9: load: Waits $LOAD_WAITS, $LOAD_IDLE idle connections, $LOAD_EXECS execs, $LOAD_N sample(s) per shim"
+load_container() { # shim id -> "pid socket" of its shim
+  local s=$1 id=$2 pid
+  reg_id "$id"
+  if ! C run -d --fifo-dir "$fifodir" --runtime "${RT[$s]}" "$IMG" "$id" sleep 100000 >/dev/null 2>"$dir/stderr"; then
+    err "case 9 $s $id: ctr run -d failed: $(tr '\n' ' ' <"$dir/stderr")"
+    return 1
+  fi
+  pid=$(shim_pid_of "$id") || { err "case 9 $s $id: shim not found"; return 1; }
+  note_shim "$pid" "$s"
+  echo "$pid $(sed 's|^unix://||' "$dir/state/io.containerd.runtime.v2.task/$ns/$id/address")"
+}
+load_rec() { # shim what threads rss_kib
+  rec "$c9" "threads, $2" count lower "$1" "$3"
+  rec "$c9" "RSS, $2" MiB lower "$1" "$(calc "$4 / 1024")"
+}
+load_once() { # shim sample
+  local s=$1 i=$2 id out label th rss vm fds
+  id=lw$i-$s
+  if out=$(load_container "$s" "$id"); then
+    set -- $out
+    sleep "$SETTLE_S"
+    read -r _ rss _ _ th < <("$PY" "$lib/tools.py" mem "$1")
+    load_rec "$s" "0 pending Waits" "$th" "$rss"
+    while read -r label th rss vm fds; do
+      load_rec "$s" "${label#waits-} pending Waits" "$th" "$rss"
+    done < <("$PY" "$lib/load.py" "$2" "$1" "$id" waits "$LOAD_WAITS" 2>"$dir/stderr" || err "case 9 $s $id: $(cat "$dir/stderr")")
+  fi
+  id=li$i-$s
+  if out=$(load_container "$s" "$id"); then
+    set -- $out
+    while read -r label th rss vm fds; do
+      load_rec "$s" "$LOAD_IDLE idle connections" "$th" "$rss"
+    done < <("$PY" "$lib/load.py" "$2" "$1" "$id" idle "$LOAD_IDLE" 2>"$dir/stderr" || err "case 9 $s $id: $(cat "$dir/stderr")")
+  fi
+  id=lx$i-$s
+  if out=$(load_container "$s" "$id"); then
+    set -- $out
+    while read -r label th rss vm fds; do
+      load_rec "$s" "$LOAD_EXECS concurrent execs" "$th" "$rss"
+    done < <(timeout -k 5 600 "$PY" "$lib/load.py" "$2" "$1" "$id" execs "$LOAD_EXECS" 2>"$dir/stderr" || err "case 9 $s $id: $(cat "$dir/stderr")")
+  fi
+  teardown "lw$i-$s" "li$i-$s" "lx$i-$s"
+  wait_no_shims 60
+}
+for ((i = 0; i < LOAD_N; i++)); do for s in "${SHIMS[@]}"; do load_once "$s" "$i"; done; done
+
 fi
 
 # ---- report -----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 # containerd; two at once would skew the timing-sensitive races and the leak figures), with their
 # figures printed. Needs root, containerd, runc, busybox-static (scripts/install-deps.sh).
 #
-#   scripts/stress.sh                                   # everything (≈ 10-15 min on 2 cores)
+#   scripts/stress.sh                                   # everything (≈ 15-20 min on 2 cores: the
+#                                                       # containerd outages alone take ~6 min)
 #   scripts/stress.sh thousand_execs                    # one test
 #   RR_STRESS_LIFECYCLES=100 RR_STRESS_EXECS=100 scripts/stress.sh   # a quick pass
 #   scripts/stress.sh --skip killed_shims_socket_is_removed          # leave out a known shim bug

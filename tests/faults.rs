@@ -161,7 +161,13 @@ fn inits_that_exit_during_create_or_right_after_start() {
         ]);
         assert!(!o.status.success(), "{id}: {o:?}");
         let err = ctr_stderr(&o);
-        assert!(err.contains("stopped"), "{id}: unclear error {err:?}");
+        // Either answer is right, and which one comes is a race the shim does not settle: when the
+        // exit is already reaped the shim refuses Start itself ("stopped"); when it is not yet, runc
+        // start finds the process gone and says so. The exit is published once either way.
+        assert!(
+            err.contains("stopped") || err.contains("container process is already dead"),
+            "{id}: unclear error {err:?}"
+        );
         let _ = c.ctr(&["task", "rm", "-f", &id]);
         let _ = c.ctr(&["containers", "rm", &id]);
         expected_exits.push((id, 137, false));
@@ -1263,4 +1269,38 @@ fn exit_is_reported_after_the_output_left_the_shim() {
         read_by_then + (16 << 10) >= total,
         "Wait answered while the client had read only {read_by_then} of {total} bytes"
     );
+}
+
+// ---- containerd outages (issue 11) -------------------------------------------------------------
+
+/// containerd SIGKILLed for 30 s while 10 containers end an exec and then their init: every exit
+/// reaches it once it is back, exec before init (tests/load.rs does 5 s in `make test`).
+#[test]
+#[ignore = "faults: containerd down 30 s (make stress)"]
+fn exits_during_a_30s_containerd_outage_are_delivered() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    support::outage::crash_outage(10, Duration::from_secs(30));
+}
+
+/// The same for 120 s.
+#[test]
+#[ignore = "faults: containerd down 120 s (make stress)"]
+fn exits_during_a_120s_containerd_outage_are_delivered() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    support::outage::crash_outage(10, Duration::from_secs(120));
+}
+
+/// containerd SIGSTOPped for 40 s (its sockets accept, nothing answers) while 10 containers end:
+/// each exit delivered, and no more than MAX_DELIVERIES_PER_EXIT times (Go's figure), printed.
+#[test]
+#[ignore = "faults: containerd stopped 40 s (make stress)"]
+fn exits_while_containerd_is_frozen_are_delivered_few_times() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    support::outage::frozen_outage(10, Duration::from_secs(40));
 }

@@ -549,14 +549,30 @@ fn task_v3_service_and_other_users_refused() {
     drop(client);
 
     // Another user is refused even where the socket's mode would let it in (SO_PEERCRED). The socket
-    // directory is 0700: reach the socket through a hard link in an open directory.
+    // directory is 0700: reach the socket through a bind mount of it in an open directory (not a
+    // hard link: /run is a tmpfs and the temp dir on disk on a standard host, EXDEV).
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let open_dir = c.dir.join("open");
     std::fs::create_dir_all(&open_dir).unwrap();
     std::fs::set_permissions(&c.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let link = open_dir.join("shim.sock");
-    std::fs::hard_link(&socket, &link).unwrap();
+    std::fs::write(&link, b"").unwrap();
+    // Unmounted on every path (the harness would also unmount what is under its dir).
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&socket)
+        .arg(&link)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind {socket} {}", link.display());
+    let unmount = Unmount(&link);
     let probe = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.settimeout(5)\n\
         body=bytes([10,23])+b'containerd.task.v2.Task'+bytes([18,7])+b'Connect'\n\
         try:\n s.sendall(len(body).to_bytes(4,'big')+(1).to_bytes(4,'big')+bytes([1,0])+body)\n r=s.recv(4096)\n\
@@ -577,6 +593,7 @@ fn task_v3_service_and_other_users_refused() {
         .output()
         .unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    drop(unmount);
     std::fs::remove_file(&link).unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "closed", "{o:?}");
     // The shim is still serving its own user.

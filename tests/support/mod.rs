@@ -9,6 +9,8 @@
 //! Each test file says `mod common; mod support;`.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod load;
+pub mod outage;
 pub mod procs;
 pub mod restart;
 pub mod shim;

@@ -227,3 +227,75 @@ pub fn task_pid(task_ls: &str, id: &str) -> Option<u32> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
 }
+
+/// VmSize (KiB) of a process: its address space, which thread stacks inflate.
+pub fn vm_size_kib(pid: u32) -> Option<u64> {
+    status_field(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmSize:")
+}
+
+/// The largest figures of `pid` seen over `samples` looks `every` apart (each field on its own).
+pub fn peak(pid: u32, samples: usize, every: Duration) -> Option<Figures> {
+    let mut top: Option<Figures> = None;
+    for i in 0..samples {
+        if i > 0 {
+            std::thread::sleep(every);
+        }
+        let f = figures(pid)?;
+        top = Some(match top {
+            None => f,
+            Some(t) => Figures {
+                threads: t.threads.max(f.threads),
+                rss_kib: t.rss_kib.max(f.rss_kib),
+                fds: t.fds.max(f.fds),
+            },
+        });
+    }
+    top
+}
+
+/// Samples the figures of a process on a thread until stopped: the peak of each.
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Option<Figures>>>,
+}
+
+impl Sampler {
+    pub fn start(pid: u32, every: Duration) -> Sampler {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut top: Option<Figures> = None;
+            while !s.load(Ordering::SeqCst) {
+                if let Some(f) = peak(pid, 1, every) {
+                    top = Some(match top {
+                        None => f,
+                        Some(t) => Figures {
+                            threads: t.threads.max(f.threads),
+                            rss_kib: t.rss_kib.max(f.rss_kib),
+                            fds: t.fds.max(f.fds),
+                        },
+                    });
+                }
+                std::thread::sleep(every);
+            }
+            top
+        });
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops sampling: the peaks seen (None if the process was never seen).
+    pub fn stop(mut self) -> Option<Figures> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.take().and_then(|h| h.join().ok()).flatten()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -46,6 +46,16 @@ pub fn stop(c: &Containerd) -> u32 {
     pid
 }
 
+/// SIGKILL to the running containerd of `c` (a crash); waits (≤ 20 s) until it is gone. Returns
+/// its pid.
+pub fn crash(c: &Containerd) -> u32 {
+    let pid = containerd_pid(c).expect("containerd is running");
+    super::signal(pid, libc::SIGKILL);
+    let gone = super::eventually(Duration::from_secs(20), || (!procs::alive(pid)).then_some(()));
+    assert!(gone.is_some(), "containerd {pid} still alive 20 s after SIGKILL");
+    pid
+}
+
 /// A containerd this test started on the config of `c`; stopped (after its tasks are removed) when
 /// dropped.
 pub struct Restarted<'a> {
@@ -55,6 +65,11 @@ pub struct Restarted<'a> {
 
 impl<'a> Restarted<'a> {
     pub fn start(c: &'a Containerd) -> Restarted<'a> {
+        Restarted::start_with_config(c, &config_path(c))
+    }
+
+    /// `start`, on another config file (e.g. debug logging, another ttrpc address).
+    pub fn start_with_config(c: &'a Containerd, config: &Path) -> Restarted<'a> {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -63,7 +78,7 @@ impl<'a> Restarted<'a> {
         let shim_dir = Path::new(SHIM_BIN).parent().expect("shim dir");
         let child = Command::new(CONTAINERD)
             .arg("--config")
-            .arg(config_path(c))
+            .arg(config)
             .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

@@ -29,6 +29,28 @@ pub fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT_NS)
 }
 
+/// A fresh directory `/tmp/<prefix>-<pid>-<n>`, removed (with what is mounted under it) on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/{prefix}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        for m in procs::mounts_under(&self.0) {
+            let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
+        }
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 pub struct DirectShim {
     /// Temp dir holding the bundles (`<dir>/<id>`) and the fake containerd address.
     pub dir: PathBuf,
@@ -212,6 +234,34 @@ impl DirectShim {
     pub fn client(&self) -> TaskClient {
         let c = ttrpc::Client::connect(&format!("unix://{}", self.socket.display())).expect("connect to the shim");
         TaskClient::new(c)
+    }
+
+    /// Creates and starts container `id` (busybox `args`, no stdio): its pid.
+    pub fn run(&self, id: &str, args: &[&str]) -> u32 {
+        use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest};
+        let bundle = self.bundle(id, Some(&spec_json(&self.namespace, id, args)));
+        busybox_rootfs(&bundle);
+        let client = self.client();
+        client
+            .create(
+                ctx(),
+                &CreateTaskRequest {
+                    id: id.into(),
+                    bundle: bundle.to_string_lossy().into_owned(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
+        client
+            .start(
+                ctx(),
+                &StartRequest {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"))
+            .pid
     }
 
     pub fn raw(&self) -> std::io::Result<Conn> {

@@ -171,6 +171,34 @@ impl Conn {
         self.response_for(sid)
     }
 
+    /// Sends a request on a fresh stream id without reading anything: its stream id.
+    pub fn send(&mut self, service: &str, method: &str, payload: &[u8]) -> std::io::Result<u32> {
+        let sid = self.next_stream;
+        self.next_stream += 2;
+        let req = encode_request(service, method, payload, 0);
+        self.frame(sid, TYPE_REQUEST, 0, &req)?;
+        Ok(sid)
+    }
+
+    /// `n` requests in one write (pipelined, nothing read): their stream ids.
+    pub fn send_many(&mut self, service: &str, method: &str, payload: &[u8], n: usize) -> std::io::Result<Vec<u32>> {
+        let req = encode_request(service, method, payload, 0);
+        let mut buf = Vec::with_capacity(n * (10 + req.len()));
+        let mut sids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let sid = self.next_stream;
+            self.next_stream += 2;
+            buf.extend_from_slice(&(req.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&sid.to_be_bytes());
+            buf.push(TYPE_REQUEST);
+            buf.push(0);
+            buf.extend_from_slice(&req);
+            sids.push(sid);
+        }
+        self.stream.write_all(&buf)?;
+        Ok(sids)
+    }
+
     pub fn response_for(&mut self, sid: u32) -> Result<Response, String> {
         loop {
             let (id, ty, p) = self
@@ -195,4 +223,30 @@ impl Conn {
             }
         }
     }
+}
+
+/// A message with only field 1 set to `id` (ConnectRequest, StateRequest, PidsRequest, ...).
+pub fn id_payload(id: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    pb_bytes(1, id.as_bytes(), &mut out);
+    out
+}
+
+/// `WaitRequest{id=1, exec_id=2}`.
+pub fn wait_payload(id: &str, exec_id: &str) -> Vec<u8> {
+    let mut out = id_payload(id);
+    if !exec_id.is_empty() {
+        pb_bytes(2, exec_id.as_bytes(), &mut out);
+    }
+    out
+}
+
+/// The varint field `num` of a message (absent: 0, as protobuf omits zero), None if undecodable.
+pub fn varint_field(b: &[u8], num: u32) -> Option<u64> {
+    Some(
+        fields(b)?
+            .into_iter()
+            .find_map(|(n, v)| (n == num).then_some(v.ok()).flatten())
+            .unwrap_or(0),
+    )
 }
