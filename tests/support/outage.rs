@@ -44,7 +44,8 @@ pub fn containers(c: &Containerd, n: usize) -> Vec<Exiting> {
             // handles, which sh does once it traps them).
             let init = format!("trap 'exit {init_status}' TERM; sleep 100000 & wait");
             c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", &init]);
-            let marker = format!("{}", 200000 + i);
+            // Unique to this test process too: another run on the host has its own sleepers.
+            let marker = format!("{}", 200_000_000 + (std::process::id() % 100_000) * 100 + i as u32);
             let exec = format!("trap 'exit {exec_status}' TERM; sleep {marker} & wait");
             c.ctr_ok(&["task", "exec", "-d", "--exec-id", "x", &id, "sh", "-c", &exec]);
             let ls = c.ctr_ok(&["task", "ls"]);
