@@ -27,7 +27,7 @@ pub const SOCKET_DIR: &str = "/run/containerd/s";
 /// sun_path is 108 bytes; Go's shim keeps 106 usable.
 const SOCKET_PATH_LIMIT: usize = 106;
 /// The fd the daemon finds its listener on (as the Go shim).
-pub const LISTENER_FD: i32 = 3;
+pub(crate) const LISTENER_FD: i32 = 3;
 
 /// Go's `filepath.Join`: join with '/', then clean.
 fn go_join(parts: &[&str]) -> String {
@@ -72,7 +72,7 @@ pub fn socket_path(dir: &str, address: &str, namespace: &str, group: &str) -> St
 
 /// Containers of one pod (or one explicit group) share a shim: the group comes from the spec's
 /// annotations, else it is the container id.
-pub fn grouping(bundle: &Path, id: &str) -> String {
+pub(crate) fn grouping(bundle: &Path, id: &str) -> String {
     let Ok(text) = fs::read_to_string(bundle.join("config.json")) else {
         return id.to_string();
     };

@@ -10,7 +10,7 @@ pub fn tune_daemon() {
 }
 
 /// Gives the heap's free pages back to the kernel (the shim went idle).
-pub fn trim() {
+pub(crate) fn trim() {
     // SAFETY: malloc_trim takes an integer and takes malloc's own locks; any thread may call it.
     unsafe { libc::malloc_trim(0) };
 }

@@ -77,12 +77,6 @@ impl Spawned {
     }
 }
 
-impl Spawned<crate::spawn::Child> {
-    pub fn pid(&self) -> u32 {
-        self.child.pid
-    }
-}
-
 impl<C> Spawned<C> {
     pub fn wait(&self) -> u32 {
         // The sender is dropped only after sending, so recv fails only if the reaper state was torn down.
