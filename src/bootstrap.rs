@@ -27,7 +27,7 @@ pub const SOCKET_DIR: &str = "/run/containerd/s";
 /// sun_path is 108 bytes; Go's shim keeps 106 usable.
 const SOCKET_PATH_LIMIT: usize = 106;
 /// The fd the daemon finds its listener on (as the Go shim).
-pub const LISTENER_FD: i32 = 3;
+pub(crate) const LISTENER_FD: i32 = 3;
 
 /// Go's `filepath.Join`: join with '/', then clean.
 fn go_join(parts: &[&str]) -> String {
@@ -72,7 +72,7 @@ pub fn socket_path(dir: &str, address: &str, namespace: &str, group: &str) -> St
 
 /// Containers of one pod (or one explicit group) share a shim: the group comes from the spec's
 /// annotations, else it is the container id.
-pub fn grouping(bundle: &Path, id: &str) -> String {
+pub(crate) fn grouping(bundle: &Path, id: &str) -> String {
     let Ok(text) = fs::read_to_string(bundle.join("config.json")) else {
         return id.to_string();
     };
@@ -186,20 +186,17 @@ fn spawn_daemon(flags: &Flags, socket: &str, listener: &UnixListener) -> Result<
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let fd = listener.as_raw_fd();
+    // SAFETY: the hook runs in the forked child of a multithreaded process; it only makes
+    // async-signal-safe calls (setsid, fcntl, dup2) and allocates nothing, not even on error.
     unsafe {
         cmd.pre_exec(move || {
             // Own session: containerd's signals to `start`'s process group do not reach the daemon.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            nix::unistd::setsid()?;
             // dup2 clears close-on-exec on the copy; when the listener already is fd 3, clear it by hand.
-            let rc = if fd == LISTENER_FD {
-                libc::fcntl(fd, libc::F_SETFD, 0)
+            if fd == LISTENER_FD {
+                nix::fcntl::fcntl(fd, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty()))?;
             } else {
-                libc::dup2(fd, LISTENER_FD)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
+                nix::unistd::dup2(fd, LISTENER_FD)?;
             }
             Ok(())
         });

@@ -65,8 +65,8 @@ fn remove_dir_killing(dir: &std::path::Path) {
                 if procs.trim().is_empty() && fs::read_dir(dir).is_ok_and(|d| d.flatten().any(|e| e.path().is_dir())) {
                     return log::debug!("leaving cgroup {}: it has child cgroups", dir.display());
                 }
-                for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                for pid in procs.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                    let _ = crate::sys::kill(pid, libc::SIGKILL);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }

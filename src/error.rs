@@ -16,7 +16,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn code(&self) -> ttrpc::Code {
+    pub(crate) fn code(&self) -> ttrpc::Code {
         match self {
             Error::NotFound(_) => ttrpc::Code::NOT_FOUND,
             Error::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
@@ -27,7 +27,7 @@ impl Error {
         }
     }
 
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             Error::NotFound(m)
             | Error::AlreadyExists(m)
@@ -39,7 +39,7 @@ impl Error {
     }
 
     /// Prefixes the message with what was being done, keeping the code.
-    pub fn context(self, what: impl fmt::Display) -> Error {
+    pub(crate) fn context(self, what: impl fmt::Display) -> Error {
         let msg = format!("{what}: {}", self.message());
         match self {
             Error::NotFound(_) => Error::NotFound(msg),
@@ -79,7 +79,7 @@ impl From<Error> for ttrpc::Error {
 }
 
 /// Adds context to io/nix results: `fs::read(p).ctx(|| format!("reading {p}"))?`.
-pub trait Context<T> {
+pub(crate) trait Context<T> {
     fn ctx<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
 }
 

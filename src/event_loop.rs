@@ -169,6 +169,7 @@ impl EventLoop {
             .map(drop)
     }
 
+    #[cfg(test)]
     pub fn wakeups(&self) -> u64 {
         self.0.wakeups.load(Ordering::Relaxed)
     }
@@ -260,13 +261,15 @@ fn run(sh: &Shared) {
             if let Some(f) = lock(&sh.dump_hook).as_ref() {
                 f(&mut out);
             }
-            out.push_str(&format!(
-                "  event loop: {} subscribers, {} timers\n",
-                subs.len(),
-                timers.len()
-            ));
             let mut idx: Vec<_> = subs.keys().copied().collect();
             idx.sort_unstable();
+            let names: Vec<&str> = idx.iter().map(|i| subs[i].name()).collect();
+            out.push_str(&format!(
+                "  event loop: {} subscribers ({}), {} timers\n",
+                subs.len(),
+                names.join(", "),
+                timers.len()
+            ));
             for i in idx {
                 subs[&i].dump(&mut out);
             }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::options;
 use crate::protos::shim::introspection::{RuntimeInfo, RuntimeVersion};
 
-pub const NAME: &str = "io.containerd.rustrunc.v2";
+pub(crate) const NAME: &str = "io.containerd.rustrunc.v2";
 const FEATURES_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
 
 /// Builds the RuntimeInfo for the runtime options Any given on stdin (may be empty).

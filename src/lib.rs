@@ -1,30 +1,33 @@
 //! containerd-shim-rustrunc-v2 as a library: the binary (src/main.rs) is a thin dispatcher; the
 //! decoders are also reachable from the fuzz targets in fuzz/.
+//!
+//! Only what main.rs, fuzz/ and the integration tests use is `pub`; everything else is `pub(crate)`,
+//! so the dead-code lint sees what nothing uses.
 
 pub mod bootstrap;
-pub mod cgroup;
+pub(crate) mod cgroup;
 pub mod cli;
-pub mod container;
+pub(crate) mod container;
 pub mod daemon;
 pub mod error;
-pub mod event_loop;
-pub mod events;
+pub(crate) mod event_loop;
+pub(crate) mod events;
 pub mod info;
-pub mod lock;
-pub mod logger;
+pub(crate) mod lock;
+pub(crate) mod logger;
 pub mod memory;
-pub mod mount;
-pub mod oom;
+pub(crate) mod mount;
+pub(crate) mod oom;
 pub mod options;
-pub mod pool;
-pub mod process;
+pub(crate) mod pool;
+pub(crate) mod process;
 pub mod protos;
-pub mod reaper;
-pub mod runc;
-pub mod runtime;
-pub mod server;
-pub mod service;
-pub mod spawn;
-pub mod stats;
-pub mod stdio;
-pub mod sys;
+pub(crate) mod reaper;
+pub(crate) mod runc;
+pub(crate) mod runtime;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod spawn;
+pub(crate) mod stats;
+pub(crate) mod stdio;
+pub(crate) mod sys;

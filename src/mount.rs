@@ -198,23 +198,27 @@ fn mount_overlay_long(source: &str, target: &Path, flags: MsFlags, data: &str) -
         c("overlay")?,
         c(&rel.join(","))?,
     );
-    // Only async-signal-safe calls between fork and _exit.
-    let status = crate::reaper::fork_and_wait(|| unsafe {
-        if libc::chdir(dir.as_ptr()) != 0 {
-            1
-        } else if libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fstype.as_ptr(),
-            flags.bits(),
-            dat.as_ptr().cast(),
-        ) != 0
-        {
-            2
-        } else {
-            0
-        }
-    })
+    // SAFETY: the child only calls chdir(2) and mount(2), through nix with `CStr`s made above (which
+    // nix passes as they are: no allocation).
+    let status = unsafe {
+        crate::reaper::fork_and_wait(|| {
+            if nix::unistd::chdir(dir.as_c_str()).is_err() {
+                1
+            } else if mount(
+                Some(src.as_c_str()),
+                tgt.as_c_str(),
+                Some(fstype.as_c_str()),
+                flags,
+                Some(dat.as_c_str()),
+            )
+            .is_err()
+            {
+                2
+            } else {
+                0
+            }
+        })
+    }
     .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     match status {
         0 => Ok(()),

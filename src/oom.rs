@@ -9,6 +9,9 @@
 //! notifications, v2: one call for 0 -> 3; the count is logged), as the Go shim publishes one TaskOOM.
 //! [`OomWatcher::remove`] checks one last time before closing, so the service can publish the OOM event
 //! before the exit event (CRI derives OOMKilled from that order, containerd#12714).
+// TODO(lints): this file's unsafe blocks still lack SAFETY comments and some have nix/sys
+// equivalents (see crate::sys); `OomWatcher::start` and `run` serve only the tests. The lints are off here only until it is converted.
+#![allow(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block, dead_code)]
 
 use std::collections::HashMap;
 use std::fs;

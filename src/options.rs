@@ -425,7 +425,7 @@ mod tests {
 /// Checkpoint options, from `containerd.runc.v1.CheckpointOptions` or the legacy
 /// `containerd.linux.runc.CheckpointOptions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckpointOpts {
+pub(crate) struct CheckpointOpts {
     pub exit: bool,
     pub open_tcp: bool,
     pub external_unix_sockets: bool,
@@ -438,7 +438,7 @@ pub struct CheckpointOpts {
     pub parent_path: String,
 }
 
-pub fn checkpoint_from_any(type_url: &str, value: &[u8]) -> Result<CheckpointOpts> {
+pub(crate) fn checkpoint_from_any(type_url: &str, value: &[u8]) -> Result<CheckpointOpts> {
     use crate::protos::shim::oci::CheckpointOptions as V1;
     use crate::protos::shim::runc::CheckpointOptions as Legacy;
     match type_url.rsplit('/').next().unwrap_or_default() {

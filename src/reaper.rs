@@ -77,12 +77,6 @@ impl Spawned {
     }
 }
 
-impl Spawned<crate::spawn::Child> {
-    pub fn pid(&self) -> u32 {
-        self.child.pid
-    }
-}
-
 impl<C> Spawned<C> {
     pub fn wait(&self) -> u32 {
         // The sender is dropped only after sending, so recv fails only if the reaper state was torn down.
@@ -117,17 +111,22 @@ pub fn spawn_cmd(cmd: &mut crate::spawn::Cmd) -> io::Result<Spawned<crate::spawn
     Ok(Spawned { child, rx })
 }
 
-/// Forks with the reaper lock held and waits for the child through the reap loop. `child` runs in the
-/// forked child of a multithreaded process: it must make only async-signal-safe calls.
-pub fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
+/// Forks with the reaper lock held and waits for the child through the reap loop; `child`'s result is
+/// the child's exit status.
+///
+/// # Safety
+/// `child` runs in the forked child of a multithreaded process: it must make only async-signal-safe
+/// calls (no allocation, no lock, no `std::env`), as std's `pre_exec` hook.
+pub unsafe fn fork_and_wait(child: impl FnOnce() -> i32) -> io::Result<u32> {
     let rx = {
         let mut st = lock();
-        match unsafe { libc::fork() } {
-            -1 => return Err(io::Error::last_os_error()),
-            0 => unsafe { libc::_exit(child()) },
-            pid => {
+        // SAFETY: the child runs only `child`, which our caller promises is async-signal-safe, and
+        // leaves by _exit (no atexit handlers, no destructors of the parent's state).
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => crate::sys::exit_now(child()),
+            nix::unistd::ForkResult::Parent { child: pid } => {
                 let (tx, rx) = channel();
-                st.waiters.push((pid as u32, tx));
+                st.waiters.push((pid.as_raw() as u32, tx));
                 rx
             }
         }
@@ -259,6 +258,26 @@ mod tests {
         std::io::Read::read_to_string(&mut sp.child.stderr.take().unwrap(), &mut err).unwrap();
         assert_eq!(sp.wait(), 0);
         assert_eq!((out.as_str(), err.as_str()), ("out arg0 gone\n", "err\n"));
+        // The program starts with no signal blocked, and ignores what we ignore but SIGPIPE (Rust
+        // ignores it; the clone blocks everything until the child has reset its handlers).
+        let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+        let ignored = ours.lines().find_map(|l| l.strip_prefix("SigIgn:\t")).unwrap();
+        let ignored = u64::from_str_radix(ignored, 16).unwrap();
+        assert_ne!(ignored & 1 << (libc::SIGPIPE - 1), 0);
+        let expected = format!(
+            "SigBlk:\t{:016x}\nSigIgn:\t{:016x}\n",
+            0,
+            ignored & !(1 << (libc::SIGPIPE - 1))
+        );
+        let mut c = crate::spawn::Cmd::new("grep");
+        c.args(["-E", "^Sig(Blk|Ign):", "/proc/self/status"])
+            .pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .stdio(crate::spawn::Io::Null, crate::spawn::Io::Piped, crate::spawn::Io::Null);
+        let mut sp = spawn_cmd(&mut c).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut sp.child.stdout.take().unwrap(), &mut out).unwrap();
+        assert_eq!(sp.wait(), 0);
+        assert_eq!(out, expected);
         let e = spawn_cmd(&mut crate::spawn::Cmd::new("rr-no-such-program"))
             .err()
             .unwrap();

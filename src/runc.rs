@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -58,7 +58,7 @@ impl Runc {
         // runc would notify systemd instead of the container's own sd_notify otherwise.
         cmd.env_remove("NOTIFY_SOCKET");
         // runc must not outlive the shim.
-        cmd.pdeathsig(libc::SIGKILL);
+        cmd.pdeathsig(nix::sys::signal::Signal::SIGKILL);
         cmd
     }
 
@@ -299,23 +299,20 @@ fn restore_args(id: &str, o: &RestoreOpts) -> Vec<String> {
 fn read_both(out: Option<fs::File>, err: Option<fs::File>) -> (Vec<u8>, Vec<u8>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut bufs = (Vec::new(), Vec::new());
-    let mut srcs: Vec<(Box<dyn Read>, i32, bool)> = Vec::new();
+    let mut srcs: Vec<(fs::File, bool)> = Vec::new();
     if let Some(o) = out {
-        let fd = o.as_raw_fd();
-        srcs.push((Box::new(o), fd, true));
+        srcs.push((o, true));
     }
     if let Some(e) = err {
-        let fd = e.as_raw_fd();
-        srcs.push((Box::new(e), fd, false));
+        srcs.push((e, false));
     }
     let mut chunk = [0u8; 4096];
     while !srcs.is_empty() {
         let ready: Vec<bool> = {
-            let borrowed: Vec<_> = srcs
+            let mut fds: Vec<PollFd> = srcs
                 .iter()
-                .map(|(_, fd, _)| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) })
+                .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
                 .collect();
-            let mut fds: Vec<PollFd> = borrowed.iter().map(|b| PollFd::new(*b, PollFlags::POLLIN)).collect();
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -324,7 +321,7 @@ fn read_both(out: Option<fs::File>, err: Option<fs::File>) -> (Vec<u8>, Vec<u8>)
         };
         let mut i = 0;
         let mut k = 0;
-        srcs.retain_mut(|(r, _, is_out)| {
+        srcs.retain_mut(|(r, is_out)| {
             let keep = if ready[k] {
                 match r.read(&mut chunk) {
                     Ok(0) | Err(_) => false,

@@ -7,8 +7,16 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{pthread_sigmask, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::SFlag;
+use nix::unistd::{access, dup2, AccessFlags, Pid};
 
 /// What one of the child's fds 0, 1 and 2 is.
 pub enum Io {
@@ -23,7 +31,7 @@ pub struct Cmd {
     argv: Vec<CString>,
     env_remove: Vec<Vec<u8>>,
     stdio: [Io; 3],
-    pdeathsig: libc::c_int,
+    pdeathsig: Option<Signal>,
 }
 
 pub struct Child {
@@ -45,7 +53,7 @@ impl Cmd {
             argv: vec![CString::new(p).unwrap_or_default()],
             env_remove: Vec::new(),
             stdio: [Io::Null, Io::Null, Io::Null],
-            pdeathsig: 0,
+            pdeathsig: None,
         }
     }
 
@@ -74,8 +82,8 @@ impl Cmd {
     }
 
     /// PR_SET_PDEATHSIG in the child: the signal it gets when the thread that started it exits.
-    pub fn pdeathsig(&mut self, sig: libc::c_int) -> &mut Cmd {
-        self.pdeathsig = sig;
+    pub fn pdeathsig(&mut self, sig: Signal) -> &mut Cmd {
+        self.pdeathsig = Some(sig);
         self
     }
 
@@ -108,10 +116,8 @@ impl Cmd {
         for (i, io) in stdio.into_iter().enumerate() {
             let child_end = match io {
                 Io::Fd(fd) => fd,
-                Io::Null => {
-                    let flags = if i == 0 { libc::O_RDONLY } else { libc::O_WRONLY };
-                    open_cloexec(c"/dev/null", flags)?
-                }
+                // std opens close-on-exec.
+                Io::Null => File::options().read(i == 0).write(i != 0).open("/dev/null")?.into(),
                 Io::Piped => {
                     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
                     let (child, parent) = if i == 0 { (r, w) } else { (w, r) };
@@ -123,47 +129,52 @@ impl Cmd {
             keep.push(child_end);
         }
 
-        let mut ctx = ChildCtx {
+        let ctx = ChildCtx {
             path: path.as_ptr(),
             argv: argv_p.as_ptr(),
             envp: envp_p.as_ptr(),
             fds,
             pdeathsig: self.pdeathsig,
-            errno: 0,
+            errno: AtomicI32::new(0),
         };
         // The child's stack: it makes a few system calls and execs.
         let mut stack = vec![0u128; 2048]; // 32 KiB, 16-byte aligned
-        let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<libc::c_void>();
+        let top = stack.as_mut_ptr_range().end.cast::<libc::c_void>();
 
         // No signal handler may run in the child (it shares our memory): block all of them across the
         // clone; the child puts the handlers back to default before unblocking.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        }
+        let mut old = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))?;
+        // SAFETY: `child_main` is a plain extern "C" fn that only reads `ctx` and makes
+        // async-signal-safe calls, allocating nothing; `top` ends a 16-byte aligned 32 KiB stack that we
+        // own and keep alive until clone returns; with CLONE_VM | CLONE_VFORK, clone returns only once
+        // the child has exec'd or exited, so it never uses `stack`, `ctx`, `path`, `argv_p`, `envp_p` or
+        // the fds in `keep` after they are dropped; every signal is blocked, so none of our handlers can
+        // run on the child's stack.
         let pid = unsafe {
             libc::clone(
                 child_main,
                 top,
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&mut ctx as *mut ChildCtx).cast(),
+                std::ptr::from_ref(&ctx).cast_mut().cast(),
             )
         };
         let clone_err = io::Error::last_os_error();
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         drop(stack);
         drop(keep);
         if pid < 0 {
             return Err(clone_err);
         }
         // CLONE_VFORK: the child has exec'd or exited by now; `errno` says which.
-        let errno = unsafe { std::ptr::read_volatile(&ctx.errno) };
+        let errno = ctx.errno.load(Ordering::Acquire);
         if errno != 0 {
-            let mut st = 0;
-            unsafe { libc::waitpid(pid, &mut st, 0) };
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
             return Err(io::Error::from_raw_os_error(errno));
+        }
+        if let Err(e) = restored {
+            // Cannot happen with a mask pthread_sigmask just returned; said loudly if it ever does.
+            log::error!("restoring the signal mask after clone: {e}");
         }
         let [stdin, stdout, stderr] = ours;
         Ok(Child {
@@ -189,87 +200,99 @@ fn resolve(program: &CString) -> io::Result<CString> {
         let dir = if dir.as_os_str().is_empty() { ".".into() } else { dir };
         let full = dir.join(OsStr::from_bytes(p));
         let c = cstring(full.as_os_str().as_bytes())?;
-        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            if unsafe { libc::stat(c.as_ptr(), &mut st) } == 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                return Ok(c);
-            }
+        if access(c.as_c_str(), AccessFlags::X_OK).is_ok()
+            && nix::sys::stat::stat(c.as_c_str())
+                .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFDIR)
+        {
+            return Ok(c);
         }
     }
     Err(io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-fn open_cloexec(path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[repr(C)]
 struct ChildCtx {
     path: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     fds: [RawFd; 3],
-    pdeathsig: libc::c_int,
+    pdeathsig: Option<Signal>,
     /// Set by the child when it fails before or at execve.
-    errno: libc::c_int,
+    errno: AtomicI32,
 }
 
-/// Runs in the child, on its own stack, in the parent's memory, with every signal blocked.
+/// Runs in the child, on its own stack, in the parent's memory, with every signal blocked. From here
+/// to execve: async-signal-safe calls only (nix's wrappers of them are thin), no allocation, no lock.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    unsafe {
-        let ctx = &mut *arg.cast::<ChildCtx>();
-        let fail = |ctx: &mut ChildCtx| -> ! {
-            ctx.errno = *libc::__errno_location();
-            if ctx.errno == 0 {
-                ctx.errno = libc::EINVAL;
-            }
-            libc::_exit(127)
-        };
-        // Handlers are the parent's code: back to the default action before signals are let in.
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        for sig in 1..65 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            if libc::sigaction(sig, std::ptr::null(), &mut sa) == 0
-                && sa.sa_sigaction != libc::SIG_DFL
-                && sa.sa_sigaction != libc::SIG_IGN
-            {
-                sa.sa_sigaction = libc::SIG_DFL;
-                sa.sa_flags = 0;
-                libc::sigaction(sig, &sa, std::ptr::null_mut());
-            }
+    // SAFETY: `arg` is the `&ChildCtx` that `spawn` passed to clone; `spawn` is suspended (CLONE_VFORK)
+    // and keeps it alive until this child has exec'd or exited.
+    let ctx = unsafe { &*arg.cast::<ChildCtx>() };
+    let fail = |e: Errno| -> ! {
+        let errno = if e as i32 == 0 { libc::EINVAL } else { e as i32 };
+        ctx.errno.store(errno, Ordering::Release);
+        crate::sys::exit_now(127)
+    };
+    // Handlers are the parent's code: back to the default action before signals are let in.
+    for sig in 1..65 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            default_if_handled(sig);
         }
-        // Rust ignores SIGPIPE; the program gets the default, as with std's Command.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if ctx.pdeathsig != 0 && libc::prctl(libc::PR_SET_PDEATHSIG, ctx.pdeathsig as libc::c_ulong) != 0 {
-            fail(ctx);
-        }
-        // Lift sources that sit in 0..=2 first, so placing one cannot clobber another.
-        let mut src = ctx.fds;
-        for s in src.iter_mut() {
-            if *s < 3 {
-                *s = libc::fcntl(*s, libc::F_DUPFD_CLOEXEC, 3);
-                if *s < 0 {
-                    fail(ctx);
-                }
-            }
-        }
-        for (i, s) in src.iter().enumerate() {
-            if libc::dup2(*s, i as libc::c_int) < 0 {
-                fail(ctx);
-            }
-        }
-        libc::execve(ctx.path, ctx.argv, ctx.envp);
-        fail(ctx)
     }
+    // Rust ignores SIGPIPE; the program gets the default, as with std's Command.
+    if let Err(e) = to_default(libc::SIGPIPE) {
+        fail(e);
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
+        fail(e);
+    }
+    if let Some(sig) = ctx.pdeathsig {
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(sig) {
+            fail(e);
+        }
+    }
+    // Lift sources that sit in 0..=2 first, so placing one cannot clobber another.
+    let mut src = ctx.fds;
+    for s in src.iter_mut() {
+        if *s < 3 {
+            match fcntl(*s, FcntlArg::F_DUPFD_CLOEXEC(3)) {
+                Ok(fd) => *s = fd,
+                Err(e) => fail(e),
+            }
+        }
+    }
+    for (i, s) in (0..).zip(src) {
+        if let Err(e) = dup2(s, i) {
+            fail(e);
+        }
+    }
+    // SAFETY: path, argv and envp point to NUL-terminated strings and NULL-terminated arrays that
+    // `spawn` built and keeps alive until we have exec'd (nix's execve would allocate).
+    unsafe { libc::execve(ctx.path, ctx.argv, ctx.envp) };
+    fail(Errno::last())
+}
+
+/// Puts `sig` back to its default action if a handler (our code) is installed; ignored stays ignored,
+/// as exec keeps it.
+fn default_if_handled(sig: libc::c_int) {
+    let mut sa = MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a null new action only queries; the kernel writes the current one to `sa`.
+    if unsafe { libc::sigaction(sig, std::ptr::null(), sa.as_mut_ptr()) } != 0 {
+        return;
+    }
+    // SAFETY: sigaction succeeded, so it wrote the whole struct.
+    let sa = unsafe { sa.assume_init() };
+    if sa.sa_sigaction != libc::SIG_DFL && sa.sa_sigaction != libc::SIG_IGN {
+        let _ = to_default(sig);
+    }
+}
+
+/// The default action for `sig`, with no flags and an empty mask.
+fn to_default(sig: libc::c_int) -> Result<(), Errno> {
+    // signal(2) would do, but glibc's adds SA_RESTART; nix's `Signal` has no real-time signals.
+    let mut sa = MaybeUninit::<libc::sigaction>::zeroed();
+    let p = sa.as_mut_ptr();
+    // SAFETY: `p` points to `sa`, alive and zeroed (a valid sigaction: SIG_DFL, no flags, empty mask);
+    // SIG_DFL installs no code of ours.
+    Errno::result(unsafe { libc::sigaction(sig, p, std::ptr::null_mut()) }).map(drop)
 }
 
 // Tested in reaper.rs: a unit test that reaps children must be the only one (waitpid(-1) in the

@@ -436,7 +436,7 @@ fn sigterm_stops_the_shim_and_containerd_cleans_up() {
     let socket = read_trim(bundle.join("address"))
         .trim_start_matches("unix://")
         .to_string();
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
         && read_trim(format!("/proc/{pid}/stat")).split(' ').nth(2) != Some("Z")
@@ -667,7 +667,7 @@ fn sigkill_of_the_shim_is_cleaned_up_by_shim_delete() {
         .unwrap()
         .parse()
         .unwrap();
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
     // containerd sees the connection drop and runs `shim delete`: runc delete --force, unmount, socket.
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(&id)) {

@@ -57,6 +57,8 @@ impl ConsoleSocket {
         {
             if let ControlMessageOwned::ScmRights(list) = c {
                 // Own every fd received, so extra ones are closed, not leaked.
+                // SAFETY: the kernel installed these fds in our table for this message; nothing
+                // else knows them, so each gets exactly one owner.
                 fds.extend(list.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
             }
         }

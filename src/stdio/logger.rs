@@ -99,20 +99,17 @@ impl Logger {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // SAFETY: the hook runs in the forked child of a multithreaded process; it only makes
+        // async-signal-safe calls (fcntl, dup2) and allocates nothing, not even on error.
         unsafe {
             cmd.pre_exec(move || {
                 // Lift the fds out of 3..=5 first, so placing one cannot clobber another.
                 let mut high = [0; 3];
                 for (h, fd) in high.iter_mut().zip(fds) {
-                    *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                    if *h < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    *h = nix::fcntl::fcntl(fd, nix::fcntl::F_DUPFD_CLOEXEC(10))?;
                 }
-                for (i, h) in high.iter().enumerate() {
-                    if libc::dup2(*h, 3 + i as i32) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                for (to, h) in (3..).zip(high) {
+                    nix::unistd::dup2(h, to)?;
                 }
                 Ok(())
             });

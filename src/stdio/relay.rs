@@ -15,6 +15,9 @@
 //! goes back to being woken by the next write. A console is never deferred: a pty master holds about
 //! 4 KiB for its reader (n_tty's buffer), so waiting a millisecond stalls the writer; deferring
 //! consoles made TTY output 30 % slower than the Go shim's with a fast reader.
+// TODO(lints): this file's unsafe blocks still lack SAFETY comments and some have nix/sys
+// equivalents (see crate::sys); `Relay::start` serves only the tests, `Relay::event_loop` nothing. The lints are off here only until it is converted.
+#![allow(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block, dead_code)]
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

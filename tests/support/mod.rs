@@ -82,7 +82,8 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 
 /// Sends `sig` to `pid` (a process this test started, directly or through containerd).
 pub fn signal(pid: u32, sig: i32) {
-    unsafe { libc::kill(pid as i32, sig) };
+    let sig = nix::sys::signal::Signal::try_from(sig).expect("a signal number");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 /// A child process killed (and reaped) when dropped: background ctr commands, script(1), ...
