@@ -200,6 +200,9 @@ impl Conn {
 pub struct Server {
     listener: UnixListener,
     methods: Arc<Methods>,
+    /// Methods that never block (no runc, no IO that waits): run on the loop thread itself, so
+    /// they are answered at once even while every worker runs runc.
+    inline: std::collections::HashSet<String>,
     parked: Parked,
     on_close: OnClose,
     conns: HashMap<u64, Conn>,
@@ -217,6 +220,7 @@ impl Server {
         Ok(Server {
             listener,
             methods: Arc::new(methods),
+            inline: Default::default(),
             parked,
             on_close,
             conns: HashMap::new(),
@@ -229,6 +233,12 @@ impl Server {
             refused: 0,
             throttled: 0,
         })
+    }
+
+    /// Runs these methods on the loop thread (see `inline`): each must never block.
+    pub fn inline(mut self, paths: impl IntoIterator<Item = String>) -> Server {
+        self.inline.extend(paths);
+        self
     }
 
     /// Adds the server to `lp`.
@@ -430,6 +440,10 @@ impl Server {
             timeout_nano: req.timeout_nano,
             conn_ctx: c.conn_ctx.clone(),
         };
+        if self.inline.contains(&path) {
+            // Answers into the connection's channel, which the caller flushes.
+            return handle(&self.methods, &path, ctx, req, &c.tx);
+        }
         c.running.fetch_add(1, Ordering::AcqRel);
         let (methods, running, ready, tx) = (
             self.methods.clone(),
