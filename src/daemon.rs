@@ -134,6 +134,10 @@ pub fn run(flags: &Flags) -> Result<()> {
         parked.extend(task_v3(v3));
         parked
     };
+    // What never blocks is answered on the loop: a task's state, its terminal, its stdin.
+    let inline = ["State", "Connect", "ResizePty", "CloseIO"]
+        .iter()
+        .flat_map(|m| [2, 3].map(|v| format!("/containerd.task.v{v}.Task/{m}")));
     let s = service.clone();
     Server::new(
         listener,
@@ -142,6 +146,7 @@ pub fn run(flags: &Flags) -> Result<()> {
         Box::new(move |conn| s.connection_closed(conn)),
     )
     .ctx(|| "starting the ttrpc server")?
+    .inline(inline)
     .serve(&lp);
     let s = service.clone();
     lp.set_dump_hook(Box::new(move |out| s.dump(out)));
