@@ -6,6 +6,7 @@
 //! bytes only while one of its ends is open, so a client that opens its reader late (ctr does, from a
 //! goroutine) still finds the last output there, followed by EOF once the relay closed its writer.
 
+pub mod backlog;
 mod console;
 pub mod logger;
 pub mod relay;
