@@ -100,6 +100,7 @@ pub struct Pool {
 struct Stat {
     name: String,
     since: Instant,
+    started: SystemTime,
     bytes: AtomicUsize,
     dropped: AtomicU64,
 }
@@ -270,6 +271,7 @@ impl Backlog {
         let stat = Arc::new(Stat {
             name: b.name.clone(),
             since: Instant::now(),
+            started: SystemTime::now(),
             bytes: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
         });
@@ -483,8 +485,9 @@ impl Drop for Backlog {
         let dropped = self.stat.dropped.load(Ordering::Relaxed);
         if self.len == 0 {
             log::info!(
-                "{}: destination took the output again after {took:.3} s; stopped buffering ({} bytes sent from the backlog, at most {} held, {dropped} dropped)",
+                "{}: destination took the output again after {took:.3} s (buffering since {}); stopped buffering ({} bytes sent from the backlog, at most {} held, {dropped} dropped)",
                 self.stat.name,
+                crate::logger::rfc3339(self.stat.started),
                 self.sent,
                 self.peak
             );

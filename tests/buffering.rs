@@ -1,0 +1,182 @@
+//! Output buffering across a containerd outage: containers writing a line every millisecond while
+//! containerd is stopped and started again, their fifos read directly (as containerd or `ctr task
+//! attach` would) before the stop and after the restart.
+//!
+//! Three writers in the same outage: this shim with its defaults (must not stall, every line once
+//! and in order), this shim with buffering turned off by the container's annotation (the behaviour
+//! without a backlog: stalls once the fifo and the pipe are full), and Debian's Go shim (printed for
+//! comparison). Each writer measures how long its longest `echo` took (`$EPOCHREALTIME` before and
+//! after, busybox sh) and prints it last.
+
+mod common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::events::wait_status;
+use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use support::fifo::{fifo_of, FifoReader};
+use support::restart::{self, Restarted};
+
+/// `@PAD@` bytes of padding per line, so that the 256 KiB fifo and the 1 MiB pipe fill early in the
+/// outage; the last line says the longest write in microseconds. It starts once /go exists: `ctr run
+/// -d` reads the fifo itself until it exits, and would take the first lines.
+const WRITER: &str = r#"until [ -e /go ]; do usleep 10000; done
+pad=$(head -c @PAD@ /dev/zero | tr '\0' x); i=0; max=0
+until [ -e /stop ]; do t0=$EPOCHREALTIME; echo "line $i $t0 $pad"; t1=$EPOCHREALTIME
+d=$(( ${t1/./} - ${t0/./} )); [ $d -gt $max ] && max=$d; i=$((i+1)); usleep 1000; done
+echo "maxstall $max lines $i""#;
+
+const GO_RUNTIME: &str = "io.containerd.runc.v2";
+const NO_BUFFER: &str = "io.containerd.rustrunc.v2.output-buffer=0";
+
+struct Writer {
+    label: &'static str,
+    id: String,
+    /// What was read before the stop, and the reader after the restart.
+    before: Vec<u8>,
+    reader: Option<FifoReader>,
+}
+
+/// (longest write in µs, lines written) from the writer's last line, and the lines missing,
+/// repeated or out of order.
+fn check(out: &str) -> (u64, u64, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut expect = 0u64;
+    let mut summary = None;
+    for l in out.lines() {
+        let mut w = l.split_whitespace();
+        match (w.next(), w.next(), w.next()) {
+            (Some("line"), Some(n), _) => {
+                let n: u64 = n.parse().unwrap_or(u64::MAX);
+                if n != expect {
+                    problems.push(format!("line {n} where {expect} was expected"));
+                }
+                expect = n.saturating_add(1);
+            }
+            (Some("maxstall"), Some(us), Some("lines")) => {
+                summary = Some((us.parse().unwrap_or(u64::MAX), w.next().and_then(|n| n.parse().ok())));
+            }
+            _ => problems.push(format!("unexpected line {:?}", &l[..l.len().min(80)])),
+        }
+    }
+    let (stall, lines) = summary.unwrap_or((u64::MAX, None));
+    if lines != Some(expect) {
+        problems.push(format!("{expect} lines read, the writer says {lines:?}"));
+    }
+    problems.truncate(10);
+    (stall, expect, problems)
+}
+
+fn outage(outage: Duration, pad: usize, with_go: bool) {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    let script = WRITER.replace("@PAD@", &pad.to_string());
+    let mut kinds = vec![("rustrunc", RUNTIME, None), ("rustrunc, output-buffer=0", RUNTIME, Some(NO_BUFFER))];
+    if with_go {
+        kinds.push(("Go shim (runc.v2)", GO_RUNTIME, None));
+    }
+    let mut writers: Vec<Writer> = kinds
+        .into_iter()
+        .map(|(label, runtime, annotation)| {
+            let id = unique_id("buffered");
+            let mut args = vec!["run", "-d", "--runtime", runtime];
+            if let Some(a) = annotation {
+                args.extend(["--annotation", a]);
+            }
+            args.extend([IMAGE, &id, "sh", "-c", &script]);
+            c.ctr_ok(&args);
+            let reader = Some(FifoReader::open(&fifo_of(&c, &id, "stdout")));
+            Writer {
+                label,
+                id,
+                before: Vec::new(),
+                reader,
+            }
+        })
+        .collect();
+    // Writing, and read, before the outage.
+    for w in &writers {
+        c.ctr_ok(&["task", "exec", "--exec-id", "go", &w.id, "touch", "/go"]);
+    }
+    for w in &writers {
+        let r = w.reader.as_ref().unwrap();
+        support::eventually(Duration::from_secs(60), || (r.len() > 100 * pad).then_some(()))
+            .unwrap_or_else(|| panic!("{}: no output", w.label));
+    }
+
+    let old = restart::stop(&c);
+    for w in &mut writers {
+        w.before = w.reader.take().unwrap().close();
+    }
+    println!("containerd {old} stopped for {outage:?}");
+    std::thread::sleep(outage); // the outage itself, not a wait for a condition
+    let r = Restarted::start(&c);
+    let back = Instant::now();
+    for w in &mut writers {
+        w.reader = Some(FifoReader::open(&fifo_of(&c, &w.id, "stdout")));
+    }
+    for w in &writers {
+        c.ctr_ok(&["task", "exec", "--exec-id", "stop", &w.id, "touch", "/stop"]);
+    }
+    let mut results = Vec::new();
+    for w in &mut writers {
+        let reader = w.reader.as_ref().unwrap();
+        support::eventually(Duration::from_secs(120), || {
+            reader.tail_contains(4096, "maxstall").then_some(())
+        })
+        .unwrap_or_else(|| panic!("{}: no summary line after the restart", w.label));
+        wait_status(&c, &w.id, "STOPPED");
+        let after = w.reader.take().unwrap().close();
+        let all = [std::mem::take(&mut w.before), after].concat();
+        let (stall, lines, problems) = check(&String::from_utf8_lossy(&all));
+        println!(
+            "{:<28} longest write {:>9.1} ms, {lines} lines ({} MiB), {} problems",
+            w.label,
+            stall as f64 / 1000.0,
+            all.len() >> 20,
+            problems.len()
+        );
+        results.push((w.label, stall, problems));
+        c.ctr_ok(&["task", "rm", &w.id]);
+        c.ctr_ok(&["containers", "rm", &w.id]);
+    }
+    println!("read everything {:?} after the restart", back.elapsed());
+    // This shim: nothing lost, duplicated or reordered, and no write waited for containerd (the
+    // bound is generous for a loaded machine; without the backlog it is the outage).
+    let (_, stall, problems) = &results[0];
+    assert!(problems.is_empty(), "rustrunc: {problems:?}");
+    assert!(
+        *stall < 1_000_000,
+        "rustrunc: a write stalled {} ms while containerd was away",
+        stall / 1000
+    );
+    // Without a backlog (the annotation turned it off) nothing is lost either, but the writer waits.
+    let (_, stall_off, problems) = &results[1];
+    assert!(problems.is_empty(), "output-buffer=0: {problems:?}");
+    assert!(
+        *stall_off >= outage.as_micros() as u64 / 4,
+        "output-buffer=0 did not turn buffering off: longest write {} ms",
+        stall_off / 1000
+    );
+    // The shim said what it held (after the restart: during the outage its log has no reader).
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    let said = format!("{}/{} stdout: destination took the output again", c.namespace, writers[0].id);
+    let line = log.lines().find(|l| l.contains(&said));
+    assert!(line.is_some(), "no {said:?} in the log:\n{}", c.log_tail(30));
+    println!("{}", line.unwrap());
+    drop(r);
+}
+
+#[test]
+fn a_5s_containerd_outage_stalls_no_write_and_loses_no_line() {
+    outage(Duration::from_secs(5), 1000, false);
+}
+
+#[test]
+#[ignore = "stress: a 30 s outage (make stress)"]
+fn a_30s_containerd_outage_stalls_no_write_and_loses_no_line_go_shim_compared() {
+    outage(Duration::from_secs(30), 200, true);
+}
