@@ -74,7 +74,10 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
     }
     let c = Containerd::start();
     let script = WRITER.replace("@PAD@", &pad.to_string());
-    let mut kinds = vec![("rustrunc", RUNTIME, None), ("rustrunc, output-buffer=0", RUNTIME, Some(NO_BUFFER))];
+    let mut kinds = vec![
+        ("rustrunc", RUNTIME, None),
+        ("rustrunc, output-buffer=0", RUNTIME, Some(NO_BUFFER)),
+    ];
     if with_go {
         kinds.push(("Go shim (runc.v2)", GO_RUNTIME, None));
     }
@@ -119,7 +122,20 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
         w.reader = Some(FifoReader::open(&fifo_of(&c, &w.id, "stdout")));
     }
     for w in &writers {
-        c.ctr_ok(&["task", "exec", "--exec-id", "stop", &w.id, "touch", "/stop"]);
+        let o = c.ctr(&["task", "exec", "--exec-id", "stop", &w.id, "touch", "/stop"]);
+        if !o.status.success() {
+            let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+            let shim: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("rustrunc.v2") || l.contains(&w.id))
+                .collect();
+            panic!(
+                "{}: the stop exec failed ({o:?}); tasks:\n{}\nlog:\n{}",
+                w.label,
+                c.ctr_ok(&["task", "ls"]),
+                shim[shim.len().saturating_sub(30)..].join("\n")
+            );
+        }
     }
     let mut results = Vec::new();
     for w in &mut writers {
@@ -163,7 +179,10 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
     );
     // The shim said what it held (after the restart: during the outage its log has no reader).
     let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
-    let said = format!("{}/{} stdout: destination took the output again", c.namespace, writers[0].id);
+    let said = format!(
+        "{}/{} stdout: destination took the output again",
+        c.namespace, writers[0].id
+    );
     let line = log.lines().find(|l| l.contains(&said));
     assert!(line.is_some(), "no {said:?} in the log:\n{}", c.log_tail(30));
     println!("{}", line.unwrap());
@@ -179,4 +198,83 @@ fn a_5s_containerd_outage_stalls_no_write_and_loses_no_line() {
 #[ignore = "stress: a 30 s outage (make stress)"]
 fn a_30s_containerd_outage_stalls_no_write_and_loses_no_line_go_shim_compared() {
     outage(Duration::from_secs(30), 200, true);
+}
+
+/// The last `n` bytes of a file, as text.
+fn file_tail(p: &std::path::Path, n: usize) -> String {
+    let d = std::fs::read(p).unwrap_or_default();
+    String::from_utf8_lossy(&d[d.len().saturating_sub(n)..]).into_owned()
+}
+
+/// A `binary://` logger that reads nothing for `pause` after saying it is ready: with a backlog the
+/// writer does not notice; without (the annotation turns it off, and the logger then reads the
+/// container's pipes itself, as with the Go shim) it waits for the logger.
+#[test]
+fn a_logger_that_stops_reading_stalls_no_write() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let pause = 5;
+    let c = Containerd::start();
+    let logger = c.dir.join("slow-logger.sh");
+    // fd 3 = stdout, fd 4 = stderr, fd 5 = ready (closing it says ready).
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nexec 5>&-\nsleep $4\ncat <&3 > \"$2\" &\ncat <&4 > /dev/null &\nwait\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = WRITER.replace("@PAD@", "1000");
+    let mut runs = Vec::new();
+    for (label, annotation) in [("rustrunc", None), ("rustrunc, output-buffer=0", Some(NO_BUFFER))] {
+        let id = unique_id("logged");
+        let out = c.dir.join(format!("{id}.out"));
+        let uri = format!("binary://{}?out={}&pause={pause}", logger.display(), out.display());
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME, "--log-uri", &uri];
+        if let Some(a) = annotation {
+            args.extend(["--annotation", a]);
+        }
+        args.extend([IMAGE, &id, "sh", "-c", &script]);
+        c.ctr_ok(&args);
+        c.ctr_ok(&["task", "exec", "--exec-id", "go", &id, "touch", "/go"]);
+        runs.push((label, id, out));
+    }
+    // The loggers read again once they wrote something.
+    for (label, _, out) in &runs {
+        support::eventually(Duration::from_secs(60), || {
+            (std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) > 0).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{label}: the logger never wrote"));
+    }
+    let mut results = Vec::new();
+    for (label, id, out) in &runs {
+        c.ctr_ok(&["task", "exec", "--exec-id", "stop", id, "touch", "/stop"]);
+        support::eventually(Duration::from_secs(120), || {
+            file_tail(out, 4096).contains("maxstall").then_some(())
+        })
+        .unwrap_or_else(|| panic!("{label}: no summary line"));
+        wait_status(&c, id, "STOPPED");
+        let (stall, lines, problems) = check(&String::from_utf8_lossy(&std::fs::read(out).unwrap()));
+        println!(
+            "logger paused {pause} s: {label:<28} longest write {:>9.1} ms, {lines} lines, {} problems",
+            stall as f64 / 1000.0,
+            problems.len()
+        );
+        results.push((stall, problems));
+        c.ctr_ok(&["task", "rm", id]);
+        c.ctr_ok(&["containers", "rm", id]);
+    }
+    assert!(results[0].1.is_empty(), "rustrunc: {:?}", results[0].1);
+    assert!(
+        results[0].0 < 1_000_000,
+        "rustrunc: a write stalled {} ms behind the logger",
+        results[0].0 / 1000
+    );
+    assert!(results[1].1.is_empty(), "output-buffer=0: {:?}", results[1].1);
+    assert!(
+        results[1].0 >= pause * 1_000_000 / 4,
+        "output-buffer=0 did not turn buffering off: longest write {} ms",
+        results[1].0 / 1000
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }

@@ -75,7 +75,6 @@ pub fn fifo_of(c: &Containerd, id: &str, stream: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {stream} fifo for {id}"))
 }
 
-
 impl FifoReader {
     /// Bytes read so far.
     pub fn len(&self) -> usize {
