@@ -263,7 +263,12 @@ pub struct Backlog {
     /// Bytes dropped in the current run of drops, and when it began (wall clock, for the log).
     dropping: Option<(u64, SystemTime, Instant)>,
     scratch: Option<Chunk>,
+    /// The start was logged.
+    announced: bool,
 }
+
+/// How long a backlog lasts before the log says so (at info).
+const ANNOUNCE: Duration = Duration::from_secs(1);
 
 impl Backlog {
     /// A backlog for the stream `b`: logged, listed in the pool; holds no memory until filled.
@@ -276,12 +281,6 @@ impl Backlog {
             dropped: AtomicU64::new(0),
         });
         b.pool.live.lock().unwrap_or_else(|e| e.into_inner()).push(stat.clone());
-        log::info!(
-            "{}: destination not taking output; buffering (up to {} bytes, then {:?})",
-            b.name,
-            b.settings.cap,
-            b.settings.policy
-        );
         Backlog {
             chunks: VecDeque::new(),
             len: 0,
@@ -292,6 +291,22 @@ impl Backlog {
             sent: 0,
             dropping: None,
             scratch: None,
+            announced: false,
+        }
+    }
+
+    /// Says in the log that the stream buffers, once it has for `ANNOUNCE` (shorter episodes, a
+    /// reader busy for a moment, are only in the debug log).
+    fn announce(&mut self) {
+        if !self.announced && self.stat.since.elapsed() >= ANNOUNCE {
+            self.announced = true;
+            log::info!(
+                "{}: destination not taking output since {}; buffering (up to {} bytes, then {:?})",
+                self.stat.name,
+                crate::logger::rfc3339(self.stat.started),
+                self.settings.cap,
+                self.settings.policy
+            );
         }
     }
 
@@ -346,6 +361,7 @@ impl Backlog {
 
     /// Reads what `src` holds into the backlog, up to the room; at the cap, follows the policy.
     pub fn fill(&mut self, src: RawFd) -> Fill {
+        self.announce();
         let room = self.room();
         if room == 0 {
             return match self.settings.policy {
@@ -483,8 +499,14 @@ impl Drop for Backlog {
             .retain(|s| !Arc::ptr_eq(s, &self.stat));
         let took = self.stat.since.elapsed().as_secs_f64();
         let dropped = self.stat.dropped.load(Ordering::Relaxed);
+        let level = if self.announced || dropped > 0 || took >= ANNOUNCE.as_secs_f64() {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
         if self.len == 0 {
-            log::info!(
+            log::log!(
+                level,
                 "{}: destination took the output again after {took:.3} s (buffering since {}); stopped buffering ({} bytes sent from the backlog, at most {} held, {dropped} dropped)",
                 self.stat.name,
                 crate::logger::rfc3339(self.stat.started),

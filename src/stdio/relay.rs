@@ -19,7 +19,9 @@
 //! An output stream given a [`Buffering`] does not pass its destination's back-pressure on to the
 //! container: when the destination is full (containerd away, a client or logger not reading), the
 //! stream reads its source into a backlog (backlog.rs) and waits for both sides; once the destination
-//! takes bytes, the backlog goes first, and the stream splices again when it is empty.
+//! takes bytes, the backlog goes first, and the stream splices again when it is empty. Not at the
+//! first EAGAIN: only once the destination has not caught up for `GRACE` (a reader taking a moment,
+//! a burst), which the 1 MiB pipe absorbs: a stream whose reader keeps up never leaves splice.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -90,6 +92,9 @@ const CONSOLE_CHUNK: usize = 16 << 10;
 const COPY_BUF: usize = 32 << 10;
 const DEFER: Duration = Duration::from_millis(1);
 const HOT: Duration = Duration::from_millis(3);
+/// How long a destination may stay behind before the stream buffers: 1 MiB of pipe is 20 ms at
+/// 50 MB/s, so the writer does not block meanwhile below that.
+const GRACE: Duration = Duration::from_millis(20);
 
 impl Relay {
     pub fn start() -> std::io::Result<Relay> {
@@ -169,6 +174,8 @@ struct Active {
     backlog: Option<Backlog>,
     /// Where the source is, once a backlog outlives its end.
     src_end: SrcEnd,
+    /// Since when the destination has been behind (full, the source not drained).
+    behind_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -282,14 +289,20 @@ fn pump(a: &mut Active) -> Pump {
     }
 }
 
-/// Starts a backlog when the stream buffers and there is room for it (or it drops at the cap).
+/// Starts a backlog when the stream buffers, its destination has been behind for `GRACE`, and there
+/// is room (or it drops at the cap).
 fn start_backlog(a: &mut Active) -> bool {
-    start_backlog_with(&a.s.buffer, &mut a.backlog)
+    start_backlog_with(&a.s.buffer, &mut a.backlog, &mut a.behind_since)
 }
 
-fn start_backlog_with(buffer: &Option<Buffering>, backlog: &mut Option<Backlog>) -> bool {
+fn start_backlog_with(
+    buffer: &Option<Buffering>,
+    backlog: &mut Option<Backlog>,
+    behind_since: &mut Option<Instant>,
+) -> bool {
+    let behind = behind_since.get_or_insert_with(Instant::now).elapsed() >= GRACE;
     match buffer {
-        Some(b) if backlog::worth_starting(b) => {
+        Some(b) if behind && backlog::worth_starting(b) => {
             *backlog = Some(Backlog::start(b));
             true
         }
@@ -319,6 +332,8 @@ fn pump_backlog(a: &mut Active) -> Pump {
         }
         if bl.is_empty() && (a.src_end != SrcEnd::Open || writable(dst)) {
             a.backlog = None;
+            // Another backlog only after another grace: no flapping with a reader just keeping up.
+            a.behind_since = None;
             return match a.src_end {
                 SrcEnd::Open => Pump::Again,
                 SrcEnd::Dormant => Pump::Dormant,
@@ -362,7 +377,7 @@ fn pump_copy(a: &mut Active) -> Pump {
             }
             match Errno::last() {
                 Errno::EINTR => continue,
-                Errno::EAGAIN if start_backlog_with(&a.s.buffer, &mut a.backlog) => {
+                Errno::EAGAIN if start_backlog_with(&a.s.buffer, &mut a.backlog, &mut a.behind_since) => {
                     let pending = std::mem::take(buf);
                     let bl = a.backlog.as_mut().expect("just started");
                     if let Err(e) = bl.push(&pending) {
@@ -478,6 +493,7 @@ fn run(sh: &Shared) {
                                     deferred: false,
                                     backlog: None,
                                     src_end: SrcEnd::Open,
+                                    behind_since: None,
                                 },
                                 &mut streams,
                                 &mut timers,
@@ -524,6 +540,10 @@ fn run(sh: &Shared) {
 /// Pumps a stream and (re)arms its epoll interest, or its timer when it is hot.
 fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>, timers: &mut Vec<(Instant, u64)>) {
     let result = pump(&mut a);
+    if matches!(result, Pump::WaitSrc) {
+        // The source is drained: the destination keeps up.
+        a.behind_since = None;
+    }
     let now = Instant::now();
     let moved_bytes = std::mem::take(&mut a.moved);
     if let (Some(p), true) = (&a.s.progress, moved_bytes > 0) {
@@ -546,6 +566,16 @@ fn step(sh: &Shared, id: u64, mut a: Active, streams: &mut HashMap<u64, Active>,
             return;
         }
         Pump::WaitSrc => Reg::Src,
+        // Behind, not buffering yet: look again when the grace is over, if the destination is
+        // still full then (no wake-up comes from it).
+        Pump::WaitDst if a.backlog.is_none() && a.s.buffer.is_some() && !a.deferred => {
+            // (Past the grace already: no room in the shim's pool; wait as without a backlog.)
+            if let Some(t) = a.behind_since.filter(|t| now.duration_since(*t) < GRACE) {
+                a.deferred = true;
+                timers.push((t + GRACE, id));
+            }
+            Reg::Dst
+        }
         Pump::WaitDst => Reg::Dst,
         Pump::WaitBoth => Reg::Both,
         Pump::Dormant | Pump::Again => Reg::None,
