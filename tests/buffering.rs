@@ -110,32 +110,25 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
             .unwrap_or_else(|| panic!("{}: no output", w.label));
     }
 
+    let shim = support::procs::shim_daemon(&c.address, &writers[0].id).expect("the shim of the first writer");
+    let rss = || support::procs::figures(shim).map_or(0, |f| f.rss_kib);
+    let rss_before = rss();
     let old = restart::stop(&c);
     for w in &mut writers {
         w.before = w.reader.take().unwrap().close();
     }
     println!("containerd {old} stopped for {outage:?}");
     std::thread::sleep(outage); // the outage itself, not a wait for a condition
+    let rss_outage = rss();
     let r = Restarted::start(&c);
     let back = Instant::now();
     for w in &mut writers {
         w.reader = Some(FifoReader::open(&fifo_of(&c, &w.id, "stdout")));
     }
     for w in &writers {
-        let o = c.ctr(&["task", "exec", "--exec-id", "stop", &w.id, "touch", "/stop"]);
-        if !o.status.success() {
-            let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
-            let shim: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("rustrunc.v2") || l.contains(&w.id))
-                .collect();
-            panic!(
-                "{}: the stop exec failed ({o:?}); tasks:\n{}\nlog:\n{}",
-                w.label,
-                c.ctr_ok(&["task", "ls"]),
-                shim[shim.len().saturating_sub(30)..].join("\n")
-            );
-        }
+        // Its status is not checked: the writer sees /stop and exits, and its pid namespace's end
+        // may SIGKILL `touch` before it exited (137). The summary line says whether it worked.
+        let _ = c.ctr(&["task", "exec", "--exec-id", "stop", &w.id, "touch", "/stop"]);
     }
     let mut results = Vec::new();
     for w in &mut writers {
@@ -160,6 +153,11 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
         c.ctr_ok(&["containers", "rm", &w.id]);
     }
     println!("read everything {:?} after the restart", back.elapsed());
+    // Memory, not asserted (bench/ is for figures): the backlog's chunks are unmapped once drained.
+    println!(
+        "shim VmRSS: {rss_before} KiB before the outage, {rss_outage} KiB at its end, {} KiB after the drain",
+        rss()
+    );
     // This shim: nothing lost, duplicated or reordered, and no write waited for containerd (the
     // bound is generous for a loaded machine; without the backlog it is the outage).
     let (_, stall, problems) = &results[0];
@@ -248,7 +246,8 @@ fn a_logger_that_stops_reading_stalls_no_write() {
     }
     let mut results = Vec::new();
     for (label, id, out) in &runs {
-        c.ctr_ok(&["task", "exec", "--exec-id", "stop", id, "touch", "/stop"]);
+        // (Not checked: see `outage`.)
+        let _ = c.ctr(&["task", "exec", "--exec-id", "stop", id, "touch", "/stop"]);
         support::eventually(Duration::from_secs(120), || {
             file_tail(out, 4096).contains("maxstall").then_some(())
         })
@@ -276,5 +275,41 @@ fn a_logger_that_stops_reading_stalls_no_write() {
         "output-buffer=0 did not turn buffering off: longest write {} ms",
         results[1].0 / 1000
     );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+/// A malformed annotation fails Create with an error naming it, and leaves nothing behind.
+#[test]
+fn a_bad_output_annotation_is_a_clear_error() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    for (annotation, want) in [
+        (
+            "io.containerd.rustrunc.v2.output-buffer=lots",
+            "io.containerd.rustrunc.v2.output-buffer: size \"lots\"",
+        ),
+        (
+            "io.containerd.rustrunc.v2.output-policy=oldest",
+            "io.containerd.rustrunc.v2.output-policy: output policy \"oldest\"",
+        ),
+    ] {
+        let id = unique_id("badann");
+        let o = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            annotation,
+            IMAGE,
+            &id,
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{annotation}: {o:?}");
+        let _ = c.ctr(&["containers", "rm", &id]);
+    }
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
