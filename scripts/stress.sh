@@ -17,6 +17,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 status=0
-cargo test --no-fail-fast --test stress --test faults --test buffering -- --ignored --test-threads=1 --nocapture "$@" || status=$?
+cargo test --no-fail-fast --test stress --test faults --test buffering --test cri_buffering -- --ignored --test-threads=1 --nocapture "$@" || status=$?
 echo "stress: $(($(date +%s) - started)) s, status $status"
 exit $status

@@ -313,3 +313,151 @@ fn a_bad_output_annotation_is_a_clear_error() {
     }
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
+
+/// A writer as fast as the shell goes (fixed-width lines), for the caps: starts at /go, stops at
+/// /stop and says how many lines it wrote.
+const FAST_WRITER: &str = r#"until [ -e /go ]; do usleep 10000; done
+pad=$(head -c 100 /dev/zero | tr '\0' x); i=0
+until [ -e /stop ]; do printf 'line %08d %s\n' $i $pad; i=$((i+1)); done
+echo "done lines $i""#;
+
+/// What FAST_WRITER writes for `lines` lines.
+fn fast_writer_output(lines: u64) -> Vec<u8> {
+    let pad = "x".repeat(100);
+    let mut out = Vec::new();
+    for i in 0..lines {
+        out.extend_from_slice(format!("line {i:08} {pad}\n").as_bytes());
+    }
+    out.extend_from_slice(format!("done lines {lines}\n").as_bytes());
+    out
+}
+
+/// The lines count of FAST_WRITER's last line.
+fn fast_writer_lines(got: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(&got[got.len().saturating_sub(64)..]).into_owned();
+    text.rsplit("done lines ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no summary line at the end: {text:?}"))
+}
+
+/// Caps hold through an outage with a writer far faster than any cap: with `block` the writer waits
+/// at the cap and nothing is lost; with `drop` the shim's log counts exactly the bytes missing, and
+/// they are one piece (the newest bytes while the backlog was full).
+#[test]
+fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    struct Run {
+        policy: &'static str,
+        id: String,
+        shim: u32,
+        reader: Option<FifoReader>,
+        got: Vec<u8>,
+    }
+    let c = Containerd::start();
+    let mut runs = Vec::new();
+    for policy in ["block", "drop"] {
+        let id = unique_id(&format!("cap-{policy}"));
+        let policy_annotation = format!("io.containerd.rustrunc.v2.output-policy={policy}");
+        c.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.containerd.rustrunc.v2.output-buffer=2Mi",
+            "--annotation",
+            &policy_annotation,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            FAST_WRITER,
+        ]);
+        let reader = Some(FifoReader::open(&fifo_of(&c, &id, "stdout")));
+        c.ctr_ok(&["task", "exec", "--exec-id", "go", &id, "touch", "/go"]);
+        let shim = support::procs::shim_daemon(&c.address, &id).expect("its shim");
+        runs.push(Run {
+            policy,
+            id,
+            shim,
+            reader,
+            got: Vec::new(),
+        });
+    }
+    for r in &runs {
+        let reader = r.reader.as_ref().unwrap();
+        support::eventually(Duration::from_secs(60), || (reader.len() > 1 << 20).then_some(()))
+            .unwrap_or_else(|| panic!("{}: no output", r.policy));
+    }
+    let rss = |pid| support::procs::figures(pid).map_or(0, |f| f.rss_kib);
+    let before: Vec<u64> = runs.iter().map(|r| rss(r.shim)).collect();
+    restart::stop(&c);
+    for r in &mut runs {
+        r.got = r.reader.take().unwrap().close();
+    }
+    std::thread::sleep(Duration::from_secs(5)); // the outage itself, not a wait for a condition
+    let during: Vec<u64> = runs.iter().map(|r| rss(r.shim)).collect();
+    let restarted = Restarted::start(&c);
+    for r in &mut runs {
+        r.reader = Some(FifoReader::open(&fifo_of(&c, &r.id, "stdout")));
+    }
+    for r in &runs {
+        // (Not checked: see `outage`.)
+        let _ = c.ctr(&["task", "exec", "--exec-id", "stop", &r.id, "touch", "/stop"]);
+    }
+    for r in &mut runs {
+        let reader = r.reader.as_ref().unwrap();
+        support::eventually(Duration::from_secs(60), || {
+            reader.tail_contains(64, "done lines").then_some(())
+        })
+        .unwrap_or_else(|| panic!("{}: no summary line after the restart", r.policy));
+        wait_status(&c, &r.id, "STOPPED");
+        r.got.extend(r.reader.take().unwrap().close());
+    }
+    for (i, r) in runs.iter().enumerate() {
+        // The shim logs a backlog's end after its last drops; containerd copies it into its log.
+        let ended = format!("{}/{} stdout: destination took the output again", c.namespace, r.id);
+        let log = support::eventually(Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+            log.contains(&ended).then_some(log)
+        })
+        .unwrap_or_else(|| panic!("{}: no {ended:?} in the log", r.policy));
+        let dropped_at = format!("{}/{} stdout: dropped ", c.namespace, r.id);
+        let dropped: usize = log
+            .lines()
+            .filter_map(|l| l.split(&dropped_at).nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<usize>().ok())
+            .sum();
+        let want = fast_writer_output(fast_writer_lines(&r.got));
+        println!(
+            "cap 2 MiB, policy {}: the writer wrote {} KiB, {} KiB arrived, the log says {dropped} bytes dropped; shim VmRSS {} KiB before the outage, {} KiB at its end",
+            r.policy,
+            want.len() >> 10,
+            r.got.len() >> 10,
+            before[i],
+            during[i]
+        );
+        let missing = want.len() - r.got.len().min(want.len());
+        assert_eq!(
+            dropped, missing,
+            "{}: the count in the log is not the bytes missing",
+            r.policy
+        );
+        if r.policy == "block" {
+            assert!(r.got == want, "block: bytes lost or reordered");
+        } else {
+            assert!(dropped > 0, "drop: nothing dropped, the cap did not hold");
+            let k = r.got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            assert!(
+                r.got[k..] == want[k + dropped..],
+                "drop: not one gap of {dropped} bytes"
+            );
+        }
+        c.ctr_ok(&["task", "rm", &r.id]);
+        c.ctr_ok(&["containers", "rm", &r.id]);
+    }
+    drop(restarted);
+}
