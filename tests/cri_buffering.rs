@@ -113,7 +113,7 @@ fn outage(outage: Duration, pad: usize) {
     cri.wait_image(PAUSE_IMAGE);
     cri.wait_image(BUSYBOX_IMAGE);
     let script = WRITER.replace("@PAD@", &pad.to_string());
-    let kinds: [(&str, &str, Option<(&str, &str)>); 3] = [
+    let kinds = [
         ("rustrunc", HANDLER, None),
         ("rustrunc, pod output-buffer=0", HANDLER, Some(NO_BUFFER)),
         ("Go shim (runc handler)", "runc", None),
