@@ -265,6 +265,9 @@ pub struct Backlog {
     scratch: Option<Chunk>,
     /// The start was logged.
     announced: bool,
+    /// Reached the cap under `Block`: takes nothing more, drains, and the stream splices again
+    /// (rather than copying every byte through the backlog behind a reader that is slow for good).
+    capped: bool,
 }
 
 /// How long a backlog lasts before the log says so (at info).
@@ -292,6 +295,7 @@ impl Backlog {
             dropping: None,
             scratch: None,
             announced: false,
+            capped: false,
         }
     }
 
@@ -363,9 +367,12 @@ impl Backlog {
     pub fn fill(&mut self, src: RawFd) -> Fill {
         self.announce();
         let room = self.room();
-        if room == 0 {
+        if self.capped || room == 0 {
             return match self.settings.policy {
-                Policy::Block => Fill::Full,
+                Policy::Block => {
+                    self.capped = true;
+                    Fill::Full
+                }
                 Policy::Drop => self.discard(src),
             };
         }

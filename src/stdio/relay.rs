@@ -20,8 +20,10 @@
 //! container: when the destination is full (containerd away, a client or logger not reading), the
 //! stream reads its source into a backlog (backlog.rs) and waits for both sides; once the destination
 //! takes bytes, the backlog goes first, and the stream splices again when it is empty. Not at the
-//! first EAGAIN: only once the destination has not caught up for `GRACE` (a reader taking a moment,
-//! a burst), which the 1 MiB pipe absorbs: a stream whose reader keeps up never leaves splice.
+//! first EAGAIN: only once the destination has taken nothing for `GRACE` (a reader taking a moment,
+//! a burst, which the 1 MiB pipe absorbs). A reader that reads, however slowly, keeps the stream on
+//! splice with its back-pressure: a bounded backlog helps through a stall, not with a reader that is
+//! slower than the writer for good (it would only copy every byte through memory up to the cap).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -92,7 +94,7 @@ const CONSOLE_CHUNK: usize = 16 << 10;
 const COPY_BUF: usize = 32 << 10;
 const DEFER: Duration = Duration::from_millis(1);
 const HOT: Duration = Duration::from_millis(3);
-/// How long a destination may stay behind before the stream buffers: 1 MiB of pipe is 20 ms at
+/// How long a destination may take nothing before the stream buffers: 1 MiB of pipe is 20 ms at
 /// 50 MB/s, so the writer does not block meanwhile below that.
 const GRACE: Duration = Duration::from_millis(20);
 
@@ -174,7 +176,7 @@ struct Active {
     backlog: Option<Backlog>,
     /// Where the source is, once a backlog outlives its end.
     src_end: SrcEnd,
-    /// Since when the destination has been behind (full, the source not drained).
+    /// Since when the destination has taken nothing though the source has bytes.
     behind_since: Option<Instant>,
 }
 
@@ -267,6 +269,7 @@ fn pump(a: &mut Active) -> Pump {
         };
         if n > 0 {
             a.moved += n as usize;
+            a.behind_since = None;
             continue;
         }
         if n == 0 {
@@ -370,6 +373,7 @@ fn pump_copy(a: &mut Active) -> Pump {
             let n = unsafe { libc::write(dst, buf.as_ptr().cast(), buf.len()) };
             if n >= 0 {
                 buf.drain(..n as usize);
+                a.behind_since = None;
                 if let Some(p) = &a.s.progress {
                     p.fetch_add(n as u64, Ordering::Relaxed);
                 }
