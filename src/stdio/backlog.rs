@@ -31,6 +31,15 @@ pub enum Policy {
     Drop,
 }
 
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::Block => "block",
+            Policy::Drop => "drop",
+        })
+    }
+}
+
 impl std::str::FromStr for Policy {
     type Err = String;
     fn from_str(s: &str) -> Result<Policy, String> {
@@ -274,7 +283,7 @@ pub struct Backlog {
 const ANNOUNCE: Duration = Duration::from_secs(1);
 
 impl Backlog {
-    /// A backlog for the stream `b`: logged, listed in the pool; holds no memory until filled.
+    /// A backlog for the stream `b`, listed in the pool; holds no memory until filled.
     pub fn start(b: &Buffering) -> Backlog {
         let stat = Arc::new(Stat {
             name: b.name.clone(),
@@ -305,7 +314,7 @@ impl Backlog {
         if !self.announced && self.stat.since.elapsed() >= ANNOUNCE {
             self.announced = true;
             log::info!(
-                "{}: destination not taking output since {}; buffering (up to {} bytes, then {:?})",
+                "{}: destination not taking output since {}; buffering (up to {} bytes, then {})",
                 self.stat.name,
                 crate::logger::rfc3339(self.stat.started),
                 self.settings.cap,
