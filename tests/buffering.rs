@@ -2,10 +2,10 @@
 //! containerd is stopped and started again, their fifos read directly (as containerd or `ctr task
 //! attach` would) before the stop and after the restart.
 //!
-//! Three writers in the same outage: this shim with its defaults (must not stall, every line once
-//! and in order), this shim with buffering turned off by the container's annotation (the behaviour
-//! without a backlog: stalls once the fifo and the pipe are full), and Debian's Go shim (printed for
-//! comparison). Each writer measures how long its longest `echo` took (`$EPOCHREALTIME` before and
+//! Writers in the same outage: this shim with its defaults, on pipes and on a terminal (must not
+//! stall, every line once and in order), this shim with buffering turned off by the runtime options
+//! (`OutputBuffer = 0` in a `--runtime-config-path` TOML: the behaviour without a backlog, stalls
+//! once the fifo and the pipe are full), and Debian's Go shim (printed for comparison). Each writer measures how long its longest `echo` took (`$EPOCHREALTIME` before and
 //! after, busybox sh) and prints it last.
 
 mod common;
@@ -28,7 +28,6 @@ d=$(( ${t1/./} - ${t0/./} )); [ $d -gt $max ] && max=$d; i=$((i+1)); usleep 1000
 echo "maxstall $max lines $i""#;
 
 const GO_RUNTIME: &str = "io.containerd.runc.v2";
-const NO_BUFFER: &str = "io.containerd.rustrunc.v2.output-buffer=0";
 
 struct Writer {
     label: &'static str,
@@ -74,10 +73,22 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
     }
     let c = Containerd::start();
     let script = WRITER.replace("@PAD@", &pad.to_string());
-    // (label, runtime, annotation, terminal)
+    let no_buffer = c.dir.join("no-buffer.toml");
+    std::fs::write(
+        &no_buffer,
+        "# the runtime options of a handler that does not buffer\nOutputBuffer = 0\n",
+    )
+    .unwrap();
+    let no_buffer = no_buffer.to_string_lossy().into_owned();
+    // (label, runtime, extra ctr arguments, terminal)
     let mut kinds = vec![
         ("rustrunc", RUNTIME, None, false),
-        ("rustrunc, output-buffer=0", RUNTIME, Some(NO_BUFFER), false),
+        (
+            "rustrunc, OutputBuffer = 0",
+            RUNTIME,
+            Some(["--runtime-config-path", no_buffer.as_str()]),
+            false,
+        ),
         ("rustrunc, tty", RUNTIME, None, true),
     ];
     if with_go {
@@ -85,12 +96,10 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
     }
     let mut writers: Vec<Writer> = kinds
         .into_iter()
-        .map(|(label, runtime, annotation, tty)| {
+        .map(|(label, runtime, extra, tty)| {
             let id = unique_id("buffered");
             let mut args = vec!["run", "-d", "--runtime", runtime];
-            if let Some(a) = annotation {
-                args.extend(["--annotation", a]);
-            }
+            args.extend(extra.iter().flatten());
             args.extend([IMAGE, &id, "sh", "-c", &script]);
             if tty {
                 // ctr wants a terminal for -t: script(1) gives it one.
@@ -181,12 +190,13 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
             stall / 1000
         );
     }
-    // Without a backlog (the annotation turned it off) nothing is lost either, but the writer waits.
+    // Without a backlog (the runtime options turned it off) nothing is lost either, but the writer
+    // waits.
     let (_, stall_off, problems) = &results[1];
-    assert!(problems.is_empty(), "output-buffer=0: {problems:?}");
+    assert!(problems.is_empty(), "OutputBuffer = 0: {problems:?}");
     assert!(
         *stall_off >= outage.as_micros() as u64 / 4,
-        "output-buffer=0 did not turn buffering off: longest write {} ms",
+        "OutputBuffer = 0 did not turn buffering off: longest write {} ms",
         stall_off / 1000
     );
     // The shim said what it held (after the restart: during the outage its log has no reader).
@@ -238,7 +248,8 @@ fn a_logger_that_stops_reading_stalls_no_write() {
     std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let script = WRITER.replace("@PAD@", "1000");
     let mut runs = Vec::new();
-    for (label, annotation) in [("rustrunc", None), ("rustrunc, output-buffer=0", Some(NO_BUFFER))] {
+    let no_buffer = "io.containerd.rustrunc.v2.output-buffer=0";
+    for (label, annotation) in [("rustrunc", None), ("rustrunc, output-buffer=0", Some(no_buffer))] {
         let id = unique_id("logged");
         let out = c.dir.join(format!("{id}.out"));
         let uri = format!("binary://{}?out={}&pause={pause}", logger.display(), out.display());
