@@ -2,7 +2,8 @@
 # scripts/stress.sh [cargo test filters and flags...]
 #
 # The slow robustness tests, which `make test` skips (all #[ignore]): churn and nothing-lost
-# (tests/stress.rs), races and faults (tests/faults.rs). One at a time (each starts its own
+# (tests/stress.rs), races and faults (tests/faults.rs), 30 s containerd outages with the Go shim
+# compared (tests/buffering.rs, tests/cri_buffering.rs). One at a time (each starts its own
 # containerd; two at once would skew the timing-sensitive races and the leak figures), with their
 # figures printed. Needs root, containerd, runc, busybox-static (scripts/install-deps.sh).
 #
@@ -18,6 +19,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 status=0
-cargo test --no-fail-fast --test stress --test faults -- --ignored --test-threads=1 --nocapture "$@" || status=$?
+cargo test --no-fail-fast --test stress --test faults --test buffering --test cri_buffering -- --ignored --test-threads=1 --nocapture "$@" || status=$?
 echo "stress: $(($(date +%s) - started)) s, status $status"
 exit $status

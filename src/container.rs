@@ -15,7 +15,7 @@ use crate::protos::shim::shim::CreateTaskRequest;
 use crate::protos::shim::shim::ExecProcessRequest;
 use crate::runc::{CreateOpts, RestoreOpts};
 use crate::runtime::{NewRuntime, Runtime};
-use crate::stdio::{self, relay::Relay, StdioPaths};
+use crate::stdio::{self, backlog, relay::Relay, StdioPaths};
 
 struct PendingRestore {
     child: stdio::ChildStdio,
@@ -41,6 +41,43 @@ pub struct Container {
     restore: Mutex<Option<PendingRestore>>,
     /// Without a private pid namespace the kernel does not kill the rest on init's exit: we do.
     pub kill_all_on_exit: bool,
+    /// How the output of its processes buffers while nobody reads it.
+    pub output: backlog::Settings,
+}
+
+/// Annotations (from the OCI spec; CRI forwards a pod's when the runtime handler allows them) that set
+/// a container's output buffering over the handler's `OutputBuffer` and `OutputPolicy`.
+pub const ANNOTATION_OUTPUT_BUFFER: &str = "io.containerd.rustrunc.v2.output-buffer";
+pub const ANNOTATION_OUTPUT_POLICY: &str = "io.containerd.rustrunc.v2.output-policy";
+
+/// The output buffering of a container: the defaults, then the runtime options, then its annotations.
+fn output_settings(opts: &Options, spec: &serde_json::Value) -> Result<backlog::Settings> {
+    let mut s = backlog::Settings::default();
+    if let Some(cap) = opts.output_buffer {
+        s.cap = cap;
+    }
+    if let Some(p) = opts.output_policy {
+        s.policy = p;
+    }
+    let annotation = |k: &str| -> Result<Option<&str>> {
+        match spec.pointer("/annotations").and_then(|a| a.get(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| Error::InvalidArgument(format!("annotation {k}: not a string"))),
+        }
+    };
+    if let Some(v) = annotation(ANNOTATION_OUTPUT_BUFFER)? {
+        s.cap = backlog::parse_size(v)
+            .map_err(|e| Error::InvalidArgument(format!("annotation {ANNOTATION_OUTPUT_BUFFER}: {e}")))?;
+    }
+    if let Some(v) = annotation(ANNOTATION_OUTPUT_POLICY)? {
+        s.policy = v
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("annotation {ANNOTATION_OUTPUT_POLICY}: {e}")))?;
+    }
+    Ok(s)
 }
 
 /// How long Delete waits for a process's output to reach the client before it closes the streams.
@@ -160,6 +197,11 @@ impl Container {
             Some(a) => options::from_any(&a.type_url, &a.value)?,
             None => Options::default(),
         };
+        let output = output_settings(&opts, &spec)?;
+        if let Some(total) = opts.output_buffer_total {
+            // Per shim: every container of the shim comes with the same handler's options.
+            backlog::shim_pool().set_cap(total);
+        }
         let runc = new_runtime(&opts, namespace, &bundle);
         // `delete` reads missing files as the defaults: skipping them saves two file creations (and
         // renames) per container, a measurable part of the shim's CPU on ext4.
@@ -217,7 +259,9 @@ impl Container {
             stdio::LogIds {
                 container_id: id,
                 namespace,
+                exec_id: None,
             },
+            output,
         ) {
             Ok(x) => x,
             Err(e) => {
@@ -241,6 +285,7 @@ impl Container {
             criu_work_path: opts.criu_work_path.clone(),
             cgroup: OnceLock::new(),
             restore: Mutex::new(None),
+            output,
         };
         if !req.checkpoint.is_empty() {
             // Restore: runc runs at Start (`runc restore`); containerd may apply the rootfs diff meanwhile.
@@ -389,7 +434,9 @@ impl Container {
             stdio::LogIds {
                 container_id: &self.id,
                 namespace: &self.namespace,
+                exec_id: Some(exec_id),
             },
+            self.output,
         )?;
         let spec = self.bundle.join(format!(".exec-{exec_id}.json"));
         write_atomic(&spec, &p.spec).ctx(|| "writing the exec process spec")?;
@@ -627,6 +674,47 @@ mod tests {
         let r = read_spec(&dir);
         fs::remove_dir_all(&dir).unwrap();
         r.unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn output_settings_annotations_override_options() {
+        let spec = |a: &str| read_spec_text(&format!(r#"{{"annotations":{{{a}}}}}"#));
+        let opts = Options {
+            output_buffer: Some(1 << 20),
+            output_policy: Some(backlog::Policy::Drop),
+            ..Default::default()
+        };
+        assert_eq!(
+            output_settings(&Options::default(), &spec("")).unwrap(),
+            backlog::Settings::default()
+        );
+        let s = output_settings(&opts, &spec(r#""other":"x""#)).unwrap();
+        assert_eq!((s.cap, s.policy), (1 << 20, backlog::Policy::Drop));
+        let s = output_settings(
+            &opts,
+            &spec(&format!(
+                r#""{ANNOTATION_OUTPUT_BUFFER}":"64Mi","{ANNOTATION_OUTPUT_POLICY}":"block""#
+            )),
+        )
+        .unwrap();
+        assert_eq!((s.cap, s.policy), (64 << 20, backlog::Policy::Block));
+        for (bad, want) in [
+            (
+                format!(r#""{ANNOTATION_OUTPUT_BUFFER}":"much""#),
+                "output-buffer: size \"much\"",
+            ),
+            (
+                format!(r#""{ANNOTATION_OUTPUT_POLICY}":"oldest""#),
+                "output-policy: output policy",
+            ),
+            (
+                format!(r#""{ANNOTATION_OUTPUT_BUFFER}":5"#),
+                "output-buffer: not a string",
+            ),
+        ] {
+            let e = output_settings(&opts, &spec(&bad)).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

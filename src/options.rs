@@ -3,6 +3,9 @@
 //! - `containerd.linux.runc.CreateOptions` (containerd 1.6/1.7 clients for runtimes not named io.containerd.runc*),
 //! - `runtimeoptions.v1.Options` with TOML inline (`config_body`, CRI) or in a file (`config_path`, ctr),
 //! - wrapped in a 2.3+ `BootstrapParams` on `start`'s stdin.
+//!
+//! The TOML forms also carry this shim's own keys, beside the runc ones: `OutputBuffer` (per stream),
+//! `OutputBufferTotal` (per shim) and `OutputPolicy` (stdio/backlog.rs).
 
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
@@ -13,6 +16,7 @@ use crate::protos::shim::api::Options as RuntimeOptions;
 use crate::protos::shim::bootstrap::BootstrapParams;
 use crate::protos::shim::oci::Options as RuncOptions;
 use crate::protos::shim::runc::CreateOptions;
+use crate::stdio::backlog::{self, Policy};
 
 /// The options this shim acts on. Serialized to `<bundle>/options.json` with the Go shim's keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +42,14 @@ pub struct Options {
     pub criu_image_path: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub criu_work_path: String,
+    /// Bytes each output stream may buffer while its destination does not read (None: the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_buffer: Option<usize>,
+    /// Bytes all the shim's streams may buffer together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_buffer_total: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_policy: Option<Policy>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -73,6 +85,7 @@ pub fn from_any(type_url: &str, value: &[u8]) -> Result<Options> {
                 systemd_cgroup: o.systemd_cgroup,
                 criu_image_path: o.criu_image_path,
                 criu_work_path: o.criu_work_path,
+                ..Default::default()
             })
         }
         LEGACY_CREATE_OPTIONS => {
@@ -139,6 +152,15 @@ pub fn from_toml(text: &str) -> Result<Options> {
             _ => Err(err("expected true or false")),
         };
         let number = || value.parse::<u32>().map_err(|_| err("expected a non-negative integer"));
+        // Bytes, as an integer or a string with a binary suffix ("8Mi").
+        let size = || {
+            let text = if value.starts_with(['"', '\'']) {
+                string()?
+            } else {
+                value.to_string()
+            };
+            backlog::parse_size(&text).map_err(|e| err(&e))
+        };
         match key.to_ascii_lowercase().replace('_', "").as_str() {
             "nopivotroot" => o.no_pivot_root = boolean()?,
             "nonewkeyring" => o.no_new_keyring = boolean()?,
@@ -150,6 +172,9 @@ pub fn from_toml(text: &str) -> Result<Options> {
             "systemdcgroup" => o.systemd_cgroup = boolean()?,
             "criuimagepath" => o.criu_image_path = string()?,
             "criuworkpath" => o.criu_work_path = string()?,
+            "outputbuffer" => o.output_buffer = Some(size()?),
+            "outputbuffertotal" => o.output_buffer_total = Some(size()?),
+            "outputpolicy" => o.output_policy = Some(string()?.parse().map_err(|e: String| err(&e))?),
             // Options of other shims (TypeUrl, ConfigPath, ...) are not ours to refuse.
             _ => {}
         }
@@ -349,6 +374,30 @@ mod tests {
         ] {
             let e = from_toml(bad).unwrap_err().to_string();
             assert!(e.contains("line 1"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn output_buffering_keys() {
+        let o = from_toml("OutputBuffer = \"16Mi\"\nOutputBufferTotal = 134217728\nOutputPolicy = 'drop'\n").unwrap();
+        assert_eq!(
+            (o.output_buffer, o.output_buffer_total, o.output_policy),
+            (Some(16 << 20), Some(128 << 20), Some(Policy::Drop))
+        );
+        // Through runtimeoptions too (CRI's ConfigBody), and snake_case.
+        let mut r = RuntimeOptions::new();
+        r.config_body = b"output_buffer = 0\noutput_policy = \"block\"".to_vec();
+        let o = from_any(RUNTIME_OPTIONS, &r.write_to_bytes().unwrap()).unwrap();
+        assert_eq!((o.output_buffer, o.output_policy), (Some(0), Some(Policy::Block)));
+        assert_eq!(from_toml("BinaryName = 'crun'").unwrap().output_buffer, None);
+        for (bad, want) in [
+            ("OutputBuffer = \"lots\"", "line 1: size \"lots\""),
+            ("OutputBuffer = -1", "line 1: size \"-1\""),
+            ("OutputPolicy = \"newest\"", "line 1: output policy \"newest\""),
+            ("OutputPolicy = drop", "line 1: expected a string"),
+        ] {
+            let e = from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
         }
     }
 

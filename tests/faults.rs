@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::events::{wait_child, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use support::fifo::{fifo_of, FifoReader};
 use support::procs;
 use support::restart::{self, Restarted};
 use support::{event_field, event_lines, KillOnDrop};
@@ -520,72 +521,6 @@ fn container_deleted_by_runc_behind_the_shims_back() {
 }
 
 // ---- faults ------------------------------------------------------------------------------------
-
-/// Reads a fifo into a buffer on a thread until EOF, an error or `stop`.
-struct FifoReader {
-    data: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FifoReader {
-    fn open(path: &Path) -> FifoReader {
-        use std::sync::atomic::Ordering;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let data = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (d, s) = (data.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            while !s.load(Ordering::SeqCst) {
-                match f.read(&mut buf) {
-                    Ok(0) => std::thread::sleep(Duration::from_millis(10)), // no writer right now
-                    Ok(n) => d.lock().unwrap().extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        FifoReader {
-            data,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.data.lock().unwrap()).into_owned()
-    }
-
-    /// Stops reading and closes the fifo; returns everything read.
-    fn close(mut self) -> Vec<u8> {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        std::mem::take(&mut *self.data.lock().unwrap())
-    }
-}
-
-impl Drop for FifoReader {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// The fifo ctr made for stream `stream` ("stdout", "stderr") of container `id`.
-fn fifo_of(c: &Containerd, id: &str, stream: &str) -> PathBuf {
-    procs::fifos_under(&c.dir.join("fifo"))
-        .into_iter()
-        .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(&format!("{id}-{stream}")))
-        .unwrap_or_else(|| panic!("no {stream} fifo for {id}"))
-}
 
 /// Checks that `lines` are `prefix0, prefix1, ...` in order with no repeats; returns the missing
 /// indices (lines lost) and the last index seen.

@@ -5,10 +5,14 @@
 //! The held readers stay open until Delete, well past the end of the output: a fifo keeps its buffered
 //! bytes only while one of its ends is open, so a client that opens its reader late (ctr does, from a
 //! goroutine) still finds the last output there, followed by EOF once the relay closed its writer.
+//!
+//! Output streams (pipe or terminal to fifo, and to a `binary://` logger) buffer while their
+//! destination does not read, within the container's `backlog::Settings` and the shim's pool.
 // TODO(lints): this file's unsafe blocks still lack SAFETY comments and some have nix/sys
 // equivalents (see crate::sys); `ChildStdio::into_stdio` is unused. The lints are off here only until it is converted.
 #![allow(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block, dead_code)]
 
+pub mod backlog;
 mod console;
 pub mod logger;
 pub mod relay;
@@ -22,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use backlog::Buffering;
 use logger::Logger;
 use relay::{Relay, Stream};
 
@@ -56,13 +61,28 @@ pub struct PendingIo {
     held_readers: Vec<OwnedFd>,
     console: Option<PendingConsole>,
     logger: Option<Logger>,
+    /// How the output streams buffer (None: they do not).
+    buffering: Option<(String, backlog::Settings)>,
 }
 
-/// Who the output belongs to, for a logging binary's environment.
+/// Who the output belongs to, for a logging binary's environment and the shim's log.
 #[derive(Clone, Copy)]
 pub struct LogIds<'a> {
     pub container_id: &'a str,
     pub namespace: &'a str,
+    /// An exec's id (None for the init process).
+    pub exec_id: Option<&'a str>,
+}
+
+impl PendingIo {
+    /// The buffering of one output stream (`which`: stdout, stderr, tty).
+    fn buffer(&self, which: &str) -> Option<Buffering> {
+        self.buffering.as_ref().map(|(name, settings)| Buffering {
+            name: format!("{name} {which}"),
+            settings: *settings,
+            pool: backlog::shim_pool().clone(),
+        })
+    }
 }
 
 /// A terminal: runc sends the pty master over `socket`; the fifos are relayed to and from it.
@@ -300,7 +320,13 @@ fn open_stdin_fifo(uri: &str) -> Result<(OwnedFd, OwnedFd)> {
 
 /// Opens the client side and makes the pipes (or, for a terminal, the console socket). Nothing runs
 /// yet; dropping the results closes everything.
-pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(ChildStdio, PendingIo)> {
+pub fn prepare(
+    paths: &StdioPaths,
+    uid: u32,
+    gid: u32,
+    ids: LogIds,
+    output: backlog::Settings,
+) -> Result<(ChildStdio, PendingIo)> {
     let mut child = ChildStdio {
         stdin: None,
         stdout: None,
@@ -313,6 +339,13 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(C
         held_readers: Vec::new(),
         console: None,
         logger: None,
+        buffering: (output.cap > 0).then(|| {
+            let name = match ids.exec_id {
+                Some(e) => format!("{}/{}/{e}", ids.namespace, ids.container_id),
+                None => format!("{}/{}", ids.namespace, ids.container_id),
+            };
+            (name, output)
+        }),
     };
     // A logging binary gets the container's output directly (stdout's URI names it for both streams).
     let binary = match logger::parse(&paths.stdout) {
@@ -353,13 +386,30 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(C
         pending.stdin_writer = Some(fifo_w);
     }
     if let Some((out, err)) = binary {
-        chown(&out, uid, gid)?;
-        chown(&err, uid, gid)?;
-        child.stdout = Some(out);
-        child.stderr = Some(err);
+        if pending.buffering.is_none() {
+            // The logger reads the container's output itself, as with the Go shim.
+            chown(&out, uid, gid)?;
+            chown(&err, uid, gid)?;
+            child.stdout = Some(out);
+            child.stderr = Some(err);
+            return Ok((child, pending));
+        }
+        // Relayed, so that a logger that falls behind or stops reading does not stall the container.
+        for (dst, slot, which) in [(out, &mut child.stdout, "stdout"), (err, &mut child.stderr, "stderr")] {
+            let (r, w) = pipe()?;
+            chown(&w, uid, gid)?;
+            *slot = Some(w);
+            pending.outputs.push(Stream {
+                buffer: pending.buffer(which),
+                ..Stream::new(r, dst)
+            });
+        }
         return Ok((child, pending));
     }
-    for (uri, slot) in [(&paths.stdout, &mut child.stdout), (&paths.stderr, &mut child.stderr)] {
+    for (uri, slot, which) in [
+        (&paths.stdout, &mut child.stdout, "stdout"),
+        (&paths.stderr, &mut child.stderr, "stderr"),
+    ] {
         if uri.is_empty() {
             continue;
         }
@@ -368,7 +418,10 @@ pub fn prepare(paths: &StdioPaths, uid: u32, gid: u32, ids: LogIds) -> Result<(C
         let (r, w) = pipe()?;
         chown(&w, uid, gid)?;
         *slot = Some(w);
-        pending.outputs.push(Stream::new(r, dst));
+        pending.outputs.push(Stream {
+            buffer: pending.buffer(which),
+            ..Stream::new(r, dst)
+        });
     }
     Ok((child, pending))
 }
@@ -383,18 +436,20 @@ impl PendingIo {
     pub fn start(self, relay: &Relay) -> Result<ProcessIo> {
         let drain = Arc::new(Drain::default());
         let moved = Arc::new(AtomicU64::new(0));
+        let tty_buffer = self.buffer("tty");
         let mut outputs = self.outputs;
         let mut console = None;
         let mut console_in = None;
         if let Some(c) = self.console {
             let master = c.socket.receive_master()?;
-            let dst = match c.stdout {
-                Some(o) => o,
+            let (dst, buffer) = match c.stdout {
+                Some(o) => (o, tty_buffer),
                 // Nobody reads the terminal: drain it anyway, or the process blocks once the tty buffer is full.
-                None => open(Path::new("/dev/null"), libc::O_WRONLY, 0)?,
+                None => (open(Path::new("/dev/null"), libc::O_WRONLY, 0)?, None),
             };
             outputs.push(Stream {
                 console_src: true,
+                buffer,
                 ..Stream::new(master.try_clone()?, dst)
             });
             if let Some(r) = c.stdin {

@@ -438,18 +438,8 @@ impl CriContainerd {
             fs::copy(SHIM_BIN, &shim).expect("copy the shim binary");
         }
 
-        let log = fs::File::create(dir.join("containerd.log")).expect("create containerd.log");
         let containerd = release.containerd();
-        let child = Command::new(&containerd)
-            .arg("--config")
-            .arg(&config_path)
-            .env("PATH", format!("{}:{SYSTEM_PATH}", dir.join("bin").display()))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()));
+        let child = spawn_containerd(&containerd, &dir);
         // From here on a panic drops `c`, which cleans up.
         let mut c = CriContainerd {
             dir: guard.disarm(),
@@ -482,6 +472,25 @@ impl CriContainerd {
             c.ctr_ok(&["-n", CRI_NAMESPACE, "images", "import", &tar.to_string_lossy()]);
         }
         c
+    }
+
+    /// Stops containerd (SIGTERM, as systemd does: the shims keep running), leaves it stopped for
+    /// `outage` and starts it again on the same config, root, state and socket; returns once it
+    /// answers. What a containerd upgrade or restart is to the pods.
+    pub fn restart(&mut self, outage: Duration) {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("containerd ignored SIGTERM for 20 s; killed it");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(outage);
+        self.child = spawn_containerd(&self.containerd, &self.dir);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -735,6 +744,25 @@ impl Drop for DirGuard {
             cleanup_dir(&dir);
         }
     }
+}
+
+/// `containerd --config <dir>/config.toml`, logging to (appending to) `<dir>/containerd.log`.
+fn spawn_containerd(containerd: &Path, dir: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .expect("open containerd.log");
+    Command::new(containerd)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", format!("{}:{SYSTEM_PATH}", dir.join("bin").display()))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log fd"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()))
 }
 
 fn set_mode(p: &Path, mode: u32) {

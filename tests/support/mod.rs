@@ -1,6 +1,7 @@
 //! Helpers for the robustness tests (tests/stress.rs, tests/faults.rs, tests/bad_input.rs), on top of
 //! tests/common (which they do not change):
 //!
+//! - `fifo`: a container's output fifo read directly (a client that goes away and comes back);
 //! - `procs`: figures of a process from /proc (threads, RSS, fds, children, zombies), finding shims;
 //! - `restart`: stopping the harness's containerd and starting it again with the same config;
 //! - `shim`: a shim daemon started by hand (`shim start` in a temp bundle), for ttrpc from the test;
@@ -9,6 +10,7 @@
 //! Each test file says `mod common; mod support;`.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod fifo;
 pub mod load;
 pub mod outage;
 pub mod procs;
