@@ -475,14 +475,37 @@ fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
             assert!(r.got == want, "block: bytes lost or reordered");
         } else {
             assert!(dropped > 0, "drop: nothing dropped, the cap did not hold");
-            let k = r.got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-            assert!(
-                r.got[k..] == want[k + dropped..],
-                "drop: not one gap of {dropped} bytes"
-            );
+            // What arrived is what was written with whole runs cut out (one per time the backlog
+            // hit its cap: a reader that stalls again on a loaded host makes a second one), in
+            // order, the cuts adding up to the count in the log.
+            let gaps = gaps(&r.got, &want).unwrap_or_else(|| panic!("drop: output reordered or altered"));
+            assert_eq!(gaps.iter().sum::<usize>(), dropped, "drop: gaps {gaps:?}");
+            println!("drop: {} gap(s): {gaps:?}", gaps.len());
         }
         c.ctr_ok(&["task", "rm", &r.id]);
         c.ctr_ok(&["containers", "rm", &r.id]);
     }
     drop(restarted);
+}
+
+/// The lengths of the runs of `want` missing from `got`, if `got` is `want` with runs cut out (the
+/// writer's lines are numbered, so a 64-byte probe finds where `got` goes on).
+fn gaps(got: &[u8], want: &[u8]) -> Option<Vec<usize>> {
+    let (mut g, mut w, mut gaps) = (0, 0, Vec::new());
+    while g < got.len() {
+        let same = got[g..].iter().zip(&want[w..]).take_while(|(a, b)| a == b).count();
+        g += same;
+        w += same;
+        if g == got.len() {
+            break;
+        }
+        let probe = &got[g..(g + 64).min(got.len())];
+        let skip = want[w..].windows(probe.len()).position(|x| x == probe)?;
+        gaps.push(skip);
+        w += skip;
+    }
+    if w < want.len() {
+        gaps.push(want.len() - w);
+    }
+    Some(gaps)
 }

@@ -241,3 +241,66 @@ fn kill_during_an_exec_start_waits_for_it_instead_of_failing() {
     assert_eq!(status.code(), Some(137), "the exec was not killed");
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
+
+#[test]
+fn state_is_answered_while_every_worker_runs_runc() {
+    if common::skip_if_unsupported() {
+        return;
+    }
+    let c = Containerd::start();
+    // A runtime whose `ps` holds its worker until the test releases it (30 s at most).
+    let (started, release) = (c.dir.join("ps-started"), c.dir.join("ps-release"));
+    let script = c.dir.join("held-ps-runc");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" ps \"*) echo ps >> {s}; i=0; while [ ! -e {r} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done;; esac\nexec /usr/sbin/runc \"$@\"\n",
+            s = started.display(),
+            r = release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = options_file(&c, "held.toml", &format!("BinaryName = \"{}\"\n", script.display()));
+    let id = unique_id("busy-workers");
+    c.ctr_ok(&run_args("-d", &opts, &id, &["sleep", "1000"]));
+    // Releases the held `runc ps` even when the test fails.
+    struct Release(std::path::PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _release = Release(release.clone());
+    // More Pids requests than the shim has workers (4): every worker ends up inside `runc ps`.
+    let mut ps: Vec<_> = (0..6).map(|_| c.spawn_ctr(&["task", "ps", &id])).collect();
+    let held = |n: usize| {
+        std::fs::read_to_string(&started)
+            .map(|s| s.lines().count() >= n)
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !held(4) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let all_busy = held(4);
+    // State (through `ctr task ls`) must not wait for a worker.
+    let ls = c.ctr_timeout(&["task", "ls"], std::time::Duration::from_secs(20));
+    let still_held = !release.exists();
+    std::fs::write(&release, "").unwrap();
+    for p in &mut ps {
+        wait_child(p, std::time::Duration::from_secs(60));
+    }
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_status(&c, &id, "STOPPED");
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert!(all_busy, "the Pids requests never occupied 4 workers");
+    assert!(still_held);
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success() && text.contains("RUNNING"),
+        "State waited for a worker: {ls:?}"
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
