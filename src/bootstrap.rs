@@ -15,8 +15,9 @@ use std::time::SystemTime;
 use protobuf::Message;
 use sha2::{Digest, Sha256};
 
+use crate::bundle::Bundle;
 use crate::cli::Flags;
-use crate::container::{read_pid, validate_id, write_atomic};
+use crate::container::validate_id;
 use crate::error::{Context, Error, Result};
 use crate::events::timestamp;
 use crate::options::{self, Options};
@@ -73,7 +74,7 @@ pub fn socket_path(dir: &str, address: &str, namespace: &str, group: &str) -> St
 /// Containers of one pod (or one explicit group) share a shim: the group comes from the spec's
 /// annotations, else it is the container id.
 pub(crate) fn grouping(bundle: &Path, id: &str) -> String {
-    let Ok(text) = fs::read_to_string(bundle.join("config.json")) else {
+    let Some(text) = Bundle::new(bundle).spec_text() else {
         return id.to_string();
     };
     let Ok(spec) = serde_json::from_str::<serde_json::Value>(&text) else {
@@ -161,7 +162,7 @@ pub fn start(flags: &Flags) -> Result<String> {
 }
 
 fn write_address(bundle: &Path, address: &str) -> Result<()> {
-    write_atomic(&bundle.join("address"), address.as_bytes()).ctx(|| "writing the address file")
+    Bundle::new(bundle).write_address(address)
 }
 
 /// fork+exec of ourselves as the daemon, with the listener as fd 3 and stdio on /dev/null (containerd
@@ -225,22 +226,19 @@ fn place_daemon(pid: u32, opts: &Options) -> Result<()> {
 /// files and of a container runc no longer knows.
 pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
     require(flags)?;
-    let bundle = if flags.bundle.is_empty() {
+    let bundle = Bundle::new(if flags.bundle.is_empty() {
         std::env::current_dir().ctx(|| "finding the bundle (cwd)")?
     } else {
         PathBuf::from(&flags.bundle)
-    };
-    let opts: Options = fs::read(bundle.join("options.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let binary = fs::read_to_string(bundle.join("runtime")).unwrap_or_default();
-    let binary = if binary.trim().is_empty() {
-        opts.binary_name.clone()
-    } else {
-        binary.trim().to_string()
-    };
-    let runc = Runc::new(&binary, &opts.root, &flags.namespace, &bundle, opts.systemd_cgroup);
+    });
+    let opts = bundle.options();
+    let runc = Runc::new(
+        &opts.binary_name,
+        &opts.root,
+        &flags.namespace,
+        &bundle,
+        opts.systemd_cgroup,
+    );
     if runtime_may_know(Path::new(&runc.root), &flags.id) {
         crate::reaper::start_signal_thread(None).ctx(|| "installing the SIGCHLD handler")?;
         if let Err(e) = runc.delete(&flags.id, true) {
@@ -249,11 +247,11 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
             }
         }
     }
-    if let Err(e) = crate::mount::unmount_recursive(&bundle.join("rootfs")) {
+    if let Err(e) = crate::mount::unmount_recursive(&bundle.rootfs()) {
         eprintln!("warning: {e}");
     }
     remove_dead_socket(&bundle);
-    let pid = read_pid(&bundle.join("init.pid")).unwrap_or(0);
+    let pid = bundle.init_pid().unwrap_or(0);
     let resp = DeleteResponse {
         pid,
         exit_status: 128 + libc::SIGKILL as u32,
@@ -279,8 +277,8 @@ fn runtime_may_know(root: &Path, id: &str) -> bool {
 
 /// A shim killed with SIGKILL could not remove its socket: remove it now, unless a shim (of the same
 /// pod) still listens on it.
-fn remove_dead_socket(bundle: &Path) {
-    let Ok(address) = fs::read_to_string(bundle.join("address")) else {
+fn remove_dead_socket(bundle: &Bundle) {
+    let Some(address) = bundle.address() else {
         return;
     };
     let Some(path) = address.trim().strip_prefix("unix://") else {

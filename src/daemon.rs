@@ -31,7 +31,7 @@ fn open_log() {
     let Ok(f) = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("log")
+        .open(crate::bundle::SHIM_LOG)
     else {
         return;
     };

@@ -5,6 +5,7 @@
 //! so the dead-code lint sees what nothing uses.
 
 pub mod bootstrap;
+pub(crate) mod bundle;
 pub(crate) mod cgroup;
 pub mod cli;
 pub(crate) mod container;

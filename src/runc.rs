@@ -39,7 +39,7 @@ impl Runc {
         Runc {
             binary: binary.to_string(),
             root: format!("{}/{namespace}", root.trim_end_matches('/')),
-            log: bundle.join("log.json"),
+            log: crate::bundle::Bundle::new(bundle).runc_log(),
             systemd_cgroup,
         }
     }
