@@ -1,13 +1,14 @@
 # containerd-shim-rustrunc-v2
 #   make demo   build, start a private containerd with this runtime registered, run a container through it
 #   make test   unit + integration tests (installs containerd, runc, crun, busybox-static first)
+#   make test-cgroup2   the cgroup tests in a cgroup v2 + systemd guest (qemu)
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
 BIN := target/release/containerd-shim-rustrunc-v2
 HOST ?= $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build deps test-deps demo test unit integration lint install clean bench stress fuzz
+.PHONY: all build deps test-deps demo test test-cgroup2 unit integration lint install clean bench stress fuzz
 
 all: build
 
@@ -34,6 +35,11 @@ demo: deps build
 # Lint first (fast), then every test. Integration tests need root; they print "skipped: ..." otherwise.
 test: test-deps lint
 	$(CARGO) test --all-targets -- --test-threads=2
+
+# tests/cgroup2.rs and tests/cgroups.rs as root in a cgroup v2 + systemd guest (qemu, TCG unless a usable
+# KVM). The first run builds the guest image into target/vm/ (~1 min, Debian's apt only).
+test-cgroup2: deps
+	bash scripts/vm/test-cgroup2.sh
 
 unit:
 	$(CARGO) test --lib
