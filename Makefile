@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 BIN := target/release/containerd-shim-rustrunc-v2
 HOST ?= $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build deps test-deps demo test test-cgroup2 unit integration lint install clean bench stress fuzz
+.PHONY: all build deb deps test-deps demo test test-cgroup2 unit integration lint install clean bench stress fuzz
 
 all: build
 
@@ -21,6 +21,11 @@ build:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build --release --target $(HOST)
 	mkdir -p target/release
 	cp --remove-destination target/$(HOST)/release/containerd-shim-rustrunc-v2 $(BIN)
+
+# A Debian package of the static binary (target/deb/*.deb; `apt install ./target/deb/<file>.deb`), its
+# contents checked with dpkg-deb -c.
+deb: build
+	bash scripts/deb.sh
 
 deps:
 	bash scripts/install-deps.sh
