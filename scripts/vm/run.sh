@@ -119,7 +119,7 @@ set -e
 t_boot=$((SECONDS - t0))
 echo "vm/run.sh: guest up, job started after ${t_boot}s (accel $accel)"
 # Stream the job's console output until qemu exits (the unit powers off) or the job times out.
-tail -n +1 -f "$console" --pid="$qpid" | sed -n '/rustrunc-job: start/,$p' &
+tail -n +1 -f "$console" --pid="$qpid" | sed -un '/rustrunc-job: start/,$p' &
 tailpid=$!
 end=$((SECONDS + job_timeout))
 while alive && [ $SECONDS -lt $end ]; do sleep 1; done

@@ -33,7 +33,8 @@ make --no-print-directory build >/dev/null
 tests=(cgroup2 cgroups)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
-exes=$(cargo test --no-run "${args[@]}" 2>&1 | tee /dev/stderr | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+cargo test --no-run "${args[@]}" 2>&1 | tee "$repo/target/vm/build.log" >&2
+exes=$(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' "$repo/target/vm/build.log")
 [ -n "$exes" ] || { echo "test-cgroup2: cargo test --no-run named no test executable" >&2; exit 1; }
 
 target=${CARGO_TARGET_DIR:-$repo/target}
