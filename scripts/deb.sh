@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 pkg=containerd-shim-rustrunc-v2
 bin=target/release/$pkg
 # The README's snippets in that section, in order: one name each.
-names=(containerd-1.6-cri.toml containerd-1.7-cri.toml containerd-2.x-cri.toml runtimeclass.yaml)
+names=(containerd-1.6-cri.toml containerd-1.7-cri.toml containerd-2.x-cri.toml containerd-2.x-cri-runtime-path.toml runtimeclass.yaml)
 
 [ -x "$bin" ] || { echo "deb.sh: $bin missing (make build)" >&2; exit 1; }
 if ldd "$bin" 2>&1 | grep -q '=>'; then
