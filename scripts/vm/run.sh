@@ -105,20 +105,18 @@ t0=$SECONDS
 for try in 1 2; do
   boot
   # Any console output is a sign of life (the kernel's first lines come within seconds, under TCG too).
-  if wait_for "" "$life_timeout"; then break; fi
-  rc=$?
+  wait_for "" "$life_timeout" && rc=0 || rc=$?
+  [ $rc -eq 0 ] && break
   stop
   [ $rc -eq 1 ] && fail "no boot: qemu exited before the kernel printed anything (accel $accel)"
   [ $try -eq 2 ] && fail "no boot: no console output within ${life_timeout}s, twice (accel $accel)"
   echo "vm/run.sh: no console output within ${life_timeout}s (accel $accel); retrying the boot once" >&2
 done
-set +e
-wait_for "rustrunc-job: start" "$boot_timeout"; rc=$?
-set -e
+wait_for "rustrunc-job: start" "$boot_timeout" && rc=0 || rc=$?
 [ $rc -eq 0 ] || { stop; fail "no boot: the job did not start within ${boot_timeout}s of the kernel's start"; }
 t_boot=$((SECONDS - t0))
 echo "vm/run.sh: guest up, job started after ${t_boot}s (accel $accel)"
-# Stream the job's console output until qemu exits (the unit powers off) or the job times out.
+# Stream the job's console output until qemu exits (the job powers off) or the job times out.
 tail -n +1 -f "$console" --pid="$qpid" | sed -un '/rustrunc-job: start/,$p' &
 tailpid=$!
 end=$((SECONDS + job_timeout))
