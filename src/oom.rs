@@ -150,10 +150,13 @@ impl Source {
                 last,
                 parent,
             } => {
+                // Drained before reading: a change made while we read wakes us again (drained after, its
+                // event could be lost with the change unseen).
+                let ignored = drain_inotify(inotify);
                 // kernfs sends no inotify event when a cgroup is removed, but the removal needs the cgroup
                 // empty first, which cgroup.events announces: stop then, after this last look, as Go does.
                 let empty = fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| t.contains("populated 0"));
-                let gone = drain_inotify(inotify) || empty;
+                let gone = ignored || empty;
                 let events = dir.join("memory.events");
                 match read_both(&events, parent.as_ref().map(|(p, _)| p.as_path())) {
                     Some((n, p)) => {
