@@ -1,13 +1,14 @@
 # containerd-shim-rustrunc-v2
 #   make demo   build, start a private containerd with this runtime registered, run a container through it
 #   make test   unit + integration tests (installs containerd, runc, crun, busybox-static first)
+#   make test-cgroup2   the cgroup tests in a cgroup v2 + systemd guest (qemu)
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
 BIN := target/release/containerd-shim-rustrunc-v2
 HOST ?= $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build deps test-deps demo test test-tmpfs-run unit integration lint install clean bench stress fuzz
+.PHONY: all build deb deps test-deps demo test test-tmpfs-run test-cgroup2 unit integration lint install clean bench stress fuzz
 
 all: build
 
@@ -20,6 +21,11 @@ build:
 	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build --release --target $(HOST)
 	mkdir -p target/release
 	cp --remove-destination target/$(HOST)/release/containerd-shim-rustrunc-v2 $(BIN)
+
+# A Debian package of the static binary (target/deb/*.deb; `apt install ./target/deb/<file>.deb`), its
+# contents checked with dpkg-deb -c.
+deb: build
+	bash scripts/deb.sh
 
 deps:
 	bash scripts/install-deps.sh
@@ -41,6 +47,11 @@ test: test-deps lint
 test-tmpfs-run:
 	mkdir -p /run/containerd
 	unshare -m sh -c 'mount --make-rprivate / && mount -t tmpfs tmpfs /run/containerd && $(MAKE) test'
+
+# tests/cgroup2.rs and tests/cgroups.rs as root in a cgroup v2 + systemd guest (qemu, TCG unless a usable
+# KVM). The first run builds the guest image into target/vm/ (~1 min, Debian's apt only).
+test-cgroup2: deps
+	bash scripts/vm/test-cgroup2.sh
 
 unit:
 	$(CARGO) test --lib

@@ -47,7 +47,9 @@ use containerd_shim_rustrunc_v2::protos::shim::api::Options as RuntimeOptions;
 use protobuf::Message;
 use serde_json::{json, Value};
 
-use harness::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE, SHIM_NAME};
+use harness::{
+    CriClient, CriContainerd, Registration, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE, SHIM_NAME,
+};
 
 /// Host network: CRI sets up no network namespace and calls no CNI plugin.
 /// PID per container (what the kubelet asks for by default), IPC per pod.
@@ -143,17 +145,25 @@ fn bundle_socket(c: &CriContainerd, id: &str) -> PathBuf {
 
 #[test]
 fn containerd_1_6() {
-    pod_runs_on_one_shim_and_leaves_nothing(Release::system());
+    pod_runs_on_one_shim_and_leaves_nothing(Release::system(), Registration::OwnType);
 }
 
 #[test]
 fn containerd_1_7() {
-    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("trixie", "1.7."));
+    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("trixie", "1.7."), Registration::OwnType);
 }
 
 #[test]
 fn containerd_2() {
-    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("sid", "2."));
+    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("sid", "2."), Registration::OwnType);
+}
+
+/// containerd 2.x with the handler registered as `runtime_type = "io.containerd.runc.v2"` and
+/// `runtime_path` = this shim: the pod runs on our shim, the options arrive as
+/// containerd.runc.v1.Options, and containerd learns the handler's features from the shim's `-info`.
+#[test]
+fn containerd_2_runc_type_with_runtime_path() {
+    pod_runs_on_one_shim_and_leaves_nothing(Release::fetched("sid", "2."), Registration::RuncTypeWithPath);
 }
 
 /// Directories from RR_CONTAINERD_EXTRA_BIN_DIRS, each with any 1.6+ release
@@ -165,13 +175,13 @@ fn extra_bin_dirs() {
         return harness::skip("RR_CONTAINERD_EXTRA_BIN_DIRS is not set");
     }
     for d in dirs.split(':').filter(|d| !d.is_empty()) {
-        pod_runs_on_one_shim_and_leaves_nothing(Release::any_in(Path::new(d)));
+        pod_runs_on_one_shim_and_leaves_nothing(Release::any_in(Path::new(d)), Registration::OwnType);
     }
 }
 
 /// The whole pod life on `release`'s containerd; skips (with the reason
 /// printed) when the release or the Python client cannot be had.
-fn pod_runs_on_one_shim_and_leaves_nothing(release: Release) {
+fn pod_runs_on_one_shim_and_leaves_nothing(release: Release, registration: Registration) {
     if let Some(reason) = harness::unsupported(&release) {
         return harness::skip(&reason);
     }
@@ -181,7 +191,7 @@ fn pod_runs_on_one_shim_and_leaves_nothing(release: Release) {
     };
     let _one_at_a_time = harness::serialize();
     let started = Instant::now();
-    let c = CriContainerd::start(&release);
+    let c = CriContainerd::start_as(&release, registration);
     let mut cri = c.client(&py);
     let cri = &mut cri;
 
@@ -198,6 +208,24 @@ fn pod_runs_on_one_shim_and_leaves_nothing(release: Release) {
             None => "inline (no options file)".into(),
         }
     );
+    if registration == Registration::RuncTypeWithPath {
+        // CRI asked `<runtime_path> -info` for the runtime's features at start (debug-level lines).
+        let log = c.log();
+        assert!(
+            !log.contains("introspecting OCI runtime features needs"),
+            "features not introspected:\n{}",
+            c.log_tail(40)
+        );
+        let rro = format!("runtime \\\"{HANDLER}\\\" supports recursive read-only mounts");
+        assert!(
+            log.contains(&rro),
+            "no {rro:?} in containerd's log:\n{}",
+            log.lines()
+                .filter(|l| l.contains("features") || l.contains(HANDLER))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     cri.wait_image(PAUSE_IMAGE);
     cri.wait_image(BUSYBOX_IMAGE);
 
@@ -308,6 +336,11 @@ fn pod_runs_on_one_shim_and_leaves_nothing(release: Release) {
     // go-toml v2, 'strings').
     for id in [&pod, &one] {
         let (type_url, value) = c.runtime_options(id);
+        if registration == Registration::RuncTypeWithPath {
+            // Typed, as for the Go shim; what the shim made of it is checked below (options.json).
+            assert_eq!(type_url, "containerd.runc.v1.Options", "runtime options of {id}");
+            continue;
+        }
         assert_eq!(type_url, "runtimeoptions.v1.Options", "runtime options of {id}");
         let sent = RuntimeOptions::parse_from_bytes(&value).unwrap_or_else(|e| panic!("{id}: {e}"));
         let body = String::from_utf8_lossy(&sent.config_body).into_owned();

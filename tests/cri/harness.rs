@@ -180,6 +180,16 @@ impl Flavor {
     }
 }
 
+/// How the handler names our shim in containerd's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// `runtime_type = "io.containerd.rustrunc.v2"`: containerd finds the binary on its PATH.
+    OwnType,
+    /// 2.x only: `runtime_type = "io.containerd.runc.v2"` with `runtime_path` = our binary. containerd
+    /// then sends the options as containerd.runc.v1.Options and asks the shim for its features.
+    RuncTypeWithPath,
+}
+
 /// Why this machine cannot run the test on `release`, if it cannot.
 pub fn unsupported(release: &Release) -> Option<String> {
     if !is_root() {
@@ -350,6 +360,9 @@ pub struct CriContainerd {
     pub options_file: Option<PathBuf>,
     /// The containerd binary running.
     pub containerd: PathBuf,
+    /// How the handler is registered, and so the runtime type containerd tags our shim's logs with.
+    pub registration: Registration,
+    pub runtime_type: &'static str,
     ctr: PathBuf,
     child: Child,
 }
@@ -358,8 +371,17 @@ impl CriContainerd {
     /// Starts `release`'s containerd with CRI and imports the busybox and
     /// pause images into k8s.io.
     pub fn start(release: &Release) -> CriContainerd {
+        CriContainerd::start_as(release, Registration::OwnType)
+    }
+
+    /// `start`, with the handler registered as `registration` says.
+    pub fn start_as(release: &Release, registration: Registration) -> CriContainerd {
         let version = release.version().unwrap_or_else(|e| panic!("{e}"));
         let flavor = Flavor::of(&version).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            registration == Registration::OwnType || flavor == Flavor::V2,
+            "runtime_path is containerd 2.x's; this is {version}"
+        );
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{}", std::process::id(), n);
         // Short: the socket path must fit in sun_path (108 bytes).
@@ -410,7 +432,26 @@ impl CriContainerd {
         let template_path = manifest_dir().join(flavor.template());
         let template =
             fs::read_to_string(&template_path).unwrap_or_else(|e| panic!("read {}: {e}", template_path.display()));
-        let level = std::env::var("RUSTRUNC_CRI_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        // containerd logs what it learnt of a runtime's features at debug level only.
+        let default_level = match registration {
+            Registration::OwnType => "info",
+            Registration::RuncTypeWithPath => "debug",
+        };
+        let level = std::env::var("RUSTRUNC_CRI_LOG_LEVEL").unwrap_or_else(|_| default_level.into());
+        let shim = dir.join("bin").join(SHIM_NAME);
+        let (runtime_type, registration_lines) = match registration {
+            Registration::OwnType => (
+                "io.containerd.rustrunc.v2",
+                "        runtime_type = \"io.containerd.rustrunc.v2\"".to_string(),
+            ),
+            Registration::RuncTypeWithPath => (
+                "io.containerd.runc.v2",
+                format!(
+                    "        runtime_type = \"io.containerd.runc.v2\"\n        runtime_path = \"{}\"",
+                    shim.display()
+                ),
+            ),
+        };
         let config = template
             .replace("@ROOT@", &dir.join("root").to_string_lossy())
             .replace("@STATE@", &dir.join("state").to_string_lossy())
@@ -418,6 +459,7 @@ impl CriContainerd {
             .replace("@LOG_LEVEL@", &level)
             .replace("@SANDBOX_IMAGE@", PAUSE_IMAGE)
             .replace("@HANDLER_OPTIONS@", &handler_options)
+            .replace("@HANDLER_REGISTRATION@", &registration_lines)
             .replace("@CNI_DIR@", &dir.join("cni").to_string_lossy());
         let unfilled: Vec<&str> = config
             .lines()
@@ -433,7 +475,6 @@ impl CriContainerd {
 
         // A private copy of the shim: other builds may replace the one in
         // target/ while this test runs.
-        let shim = dir.join("bin").join(SHIM_NAME);
         if fs::hard_link(SHIM_BIN, &shim).is_err() {
             fs::copy(SHIM_BIN, &shim).expect("copy the shim binary");
         }
@@ -452,6 +493,8 @@ impl CriContainerd {
             flavor,
             options_file,
             containerd,
+            registration,
+            runtime_type,
             ctr: release.ctr(),
             child,
         };
@@ -562,7 +605,7 @@ impl CriContainerd {
     pub fn shim_warnings(&self) -> Vec<String> {
         self.log()
             .lines()
-            .filter(|l| l.contains("runtime=io.containerd.rustrunc.v2"))
+            .filter(|l| l.contains(&format!("runtime={}", self.runtime_type)))
             .filter(|l| {
                 ["level=warning", "level=error", "level=fatal", "level=panic"]
                     .iter()

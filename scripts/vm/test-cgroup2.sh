@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `make test-cgroup2`: runs the cgroup-sensitive integration tests (tests/cgroup2.rs, tests/cgroups.rs)
+# as root in a throwaway cgroup v2 (unified) guest with systemd as PID 1, under qemu.
+#
+# The guest image (kernel, initramfs, root disk) is built once by build-image.sh into
+# target/vm/image-<hash of build-image.sh> and reused until that script changes. The test binaries are
+# built here (`cargo test --no-run`) and the shim by `make build` (static); both travel in on the job
+# disk (run.sh). The static shim is put where the tests expect theirs (CARGO_BIN_EXE_...), and the
+# test fixtures where CARGO_MANIFEST_DIR says.
+# CGROUP2_TEST_ARGS: extra arguments for every test binary (a name filter, say).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+t0=$SECONDS
+
+bash scripts/vm/install-deps.sh
+
+key=$(sha256sum scripts/vm/build-image.sh | cut -c1-16)
+img=target/vm/image-$key
+if [ ! -f "$img/complete" ]; then
+  rm -rf "$img"
+  t=$SECONDS
+  bash scripts/vm/build-image.sh "$img"
+  touch "$img/complete"
+  echo "test-cgroup2: guest image built in $((SECONDS - t))s"
+  # Images of older versions of the script are of no use anymore.
+  for old in target/vm/image-*; do [ "$old" = "$img" ] || rm -rf "$old"; done
+else
+  echo "test-cgroup2: reusing the guest image $img"
+fi
+
+make --no-print-directory build >/dev/null
+tests=(cgroup2 cgroups)
+args=()
+for t in "${tests[@]}"; do args+=(--test "$t"); done
+cargo test --no-run "${args[@]}" 2>&1 | tee "$repo/target/vm/build.log" >&2
+exes=$(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' "$repo/target/vm/build.log")
+[ -n "$exes" ] || { echo "test-cgroup2: cargo test --no-run named no test executable" >&2; exit 1; }
+
+target=${CARGO_TARGET_DIR:-$repo/target}
+case $target in /*) ;; *) target=$repo/$target ;; esac
+job=$(mktemp -d /tmp/rustrunc-cgroup2-job.XXXXXX)
+trap 'rm -rf "$job"' EXIT
+mkdir -p "$job/tests"
+for e in $exes; do cp "$e" "$job/tests/"; done
+cp target/release/containerd-shim-rustrunc-v2 "$job/shim"
+cp -a test-fixtures "$job/"
+{
+  printf 'MANIFEST_DIR=%q\n' "$repo"
+  printf 'TARGET_DIR=%q\n' "$target"
+  printf 'TEST_ARGS=%q\n' "${CGROUP2_TEST_ARGS:-}"
+} >"$job/env"
+cat >"$job/run.sh" <<'GUEST'
+#!/bin/bash
+# In the guest, as root: lay out what the test binaries were built to expect, then run each.
+out=$1
+. ./env
+mkdir -p "$MANIFEST_DIR" "$TARGET_DIR/debug" "$TARGET_DIR/tmp"
+cp -a test-fixtures "$MANIFEST_DIR/"
+cp shim "$TARGET_DIR/debug/containerd-shim-rustrunc-v2"
+echo "guest: kernel $(uname -r), /sys/fs/cgroup is $(stat -fc %T /sys/fs/cgroup), PID 1 is $(cat /proc/1/comm)"
+echo "guest: $(containerd --version), $(runc --version | head -n1), $(systemctl --version | head -n1)"
+rc=0
+for t in tests/*; do
+  start=$SECONDS
+  # shellcheck disable=SC2086
+  RUST_BACKTRACE=1 "./$t" --test-threads=1 --nocapture $TEST_ARGS || rc=1
+  echo "guest: $(basename "$t") took $((SECONDS - start))s"
+done
+left=$(systemctl list-units --all --no-legend | grep -E 'rrtest|rroom' || true)
+[ -z "$left" ] || { echo "guest: units left behind:"; echo "$left"; rc=1; }
+exit $rc
+GUEST
+chmod 755 "$job/run.sh"
+
+out=target/vm/last-run
+set +e
+bash scripts/vm/run.sh "$img" "$job" "$out"
+rc=$?
+set -e
+echo "test-cgroup2: $( [ $rc -eq 0 ] && echo passed || echo FAILED ) in $((SECONDS - t0))s (log: $out/log)"
+exit $rc
