@@ -924,6 +924,55 @@ mod tests {
         assert_eq!((pool.used(), pool.mapped()), (0, 0));
     }
 
+    /// Sockets both sides: splice needs a pipe on one side, so the stream copies (`pump_copy`).
+    fn socket_pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+        std::os::unix::net::UnixStream::pair().unwrap()
+    }
+
+    #[test]
+    fn a_stream_splice_cannot_move_is_copied_whole_then_closed() {
+        let relay = Relay::start().unwrap();
+        let (src_r, mut src_w) = socket_pair();
+        let (mut dst_r, dst_w) = socket_pair();
+        let (s, rx) = watched(src_r.into(), dst_w.into(), false);
+        relay.add(s);
+        let data = numbered(3 << 20);
+        let expect = data.clone();
+        let writer = std::thread::spawn(move || src_w.write_all(&data));
+        let mut got = Vec::new();
+        dst_r.read_to_end(&mut got).unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(got == expect, "{} bytes of {}, or reordered", got.len(), expect.len());
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_copied_stream_buffers_too() {
+        let relay = Relay::start().unwrap();
+        let pool = Pool::new(64 << 20);
+        let (src_r, src_w) = socket_pair();
+        let (mut dst_r, dst_w) = socket_pair();
+        let (mut s, rx) = watched(src_r.into(), dst_w.into(), false);
+        s.buffer = Some(Buffering {
+            name: "test copied".into(),
+            settings: Settings::default(),
+            pool: pool.clone(),
+        });
+        relay.add(s);
+        // 4 MiB: many times what the two sockets hold.
+        let data = numbered(4 << 20);
+        let w = write_all_async(std::fs::File::from(OwnedFd::from(src_w)), data.clone())
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer blocked though the backlog had room");
+        assert!(pool.used() > 0, "nothing was buffered");
+        drop(w);
+        let mut got = Vec::new();
+        dst_r.read_to_end(&mut got).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(got == data, "{} bytes of {}, or reordered", got.len(), data.len());
+        assert_eq!((pool.used(), pool.mapped()), (0, 0));
+    }
+
     #[test]
     fn a_console_buffers_too() {
         let pty = nix::pty::openpty(None, None).unwrap();
