@@ -26,8 +26,6 @@ pub(crate) fn exit_now(code: i32) -> ! {
 }
 
 /// Bytes waiting to be read in a pipe, socket or terminal (FIONREAD).
-// TODO(lints): stdio/mod.rs (`unread`) and stdio/relay.rs (`readable_bytes`) switch to this.
-#[allow(dead_code)]
 pub(crate) fn fionread(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int to the pointer, which points to `n`, alive for the call.
@@ -37,8 +35,6 @@ pub(crate) fn fionread(fd: BorrowedFd<'_>) -> io::Result<usize> {
 }
 
 /// TIOCSWINSZ: sets a terminal's size (columns, rows); the foreground process group gets SIGWINCH.
-// TODO(lints): stdio/mod.rs (`set_winsize`) switches to this.
-#[allow(dead_code)]
 pub(crate) fn set_winsize(tty: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
     let ws = libc::winsize {
         ws_row: rows,

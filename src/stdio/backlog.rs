@@ -13,7 +13,8 @@
 //! every byte of them is given back to the kernel the moment the backlog drains.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -205,7 +206,8 @@ struct Chunk {
     end: usize,
 }
 
-// The mapping is owned by the chunk alone.
+// SAFETY: the mapping is owned by the chunk alone (no other pointer to it exists and the slices
+// `bytes`/`bytes_mut` hand out borrow the chunk), so moving the chunk moves every access with it.
 unsafe impl Send for Chunk {}
 
 /// Large enough that a busy stream makes few mappings, small enough that a small backlog wastes
@@ -216,6 +218,7 @@ const SCRATCH: usize = 64 << 10;
 
 impl Chunk {
     fn new(pool: &Arc<Pool>) -> std::io::Result<Chunk> {
+        // SAFETY: a new anonymous mapping at an address the kernel picks: no memory of ours changes.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -237,10 +240,26 @@ impl Chunk {
             end: 0,
         })
     }
+
+    /// The whole mapping.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is a readable and writable mapping of CHUNK bytes, zero-filled by the kernel
+        // (so initialized), alive until the chunk drops; the slice borrows the chunk, so it cannot
+        // outlive the mapping or coexist with `bytes_mut`.
+        unsafe { std::slice::from_raw_parts(self.ptr, CHUNK) }
+    }
+
+    /// The whole mapping, to fill.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the slice borrows the chunk mutably, so it is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, CHUNK) }
+    }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        // SAFETY: `ptr` and CHUNK are exactly the mapping `new` made, owned by this chunk alone; no
+        // slice of it is alive (they borrow the chunk).
         unsafe { libc::munmap(self.ptr.cast(), CHUNK) };
         self.pool.mapped.fetch_sub(CHUNK, Ordering::Relaxed);
     }
@@ -327,10 +346,6 @@ impl Backlog {
         self.len == 0
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// Bytes this backlog may still take: the stream's room and the shim's.
     fn room(&self) -> usize {
         let pool_room = self
@@ -364,7 +379,8 @@ impl Backlog {
             }
             let c = self.chunks.back_mut().expect("a chunk");
             let n = data.len().min(CHUNK - c.end);
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), c.ptr.add(c.end), n) };
+            let end = c.end;
+            c.bytes_mut()[end..end + n].copy_from_slice(&data[..n]);
             c.end += n;
             data = &data[n..];
             self.grew(n);
@@ -373,7 +389,7 @@ impl Backlog {
     }
 
     /// Reads what `src` holds into the backlog, up to the room; at the cap, follows the policy.
-    pub fn fill(&mut self, src: RawFd) -> Fill {
+    pub fn fill(&mut self, src: BorrowedFd<'_>) -> Fill {
         self.announce();
         let room = self.room();
         if self.capped || room == 0 {
@@ -399,37 +415,33 @@ impl Backlog {
             }
         }
         let c = self.chunks.back_mut().expect("a chunk");
-        let want = room.min(CHUNK - c.end);
-        let n = unsafe { libc::read(src, c.ptr.add(c.end).cast(), want) };
-        match n {
-            0 => Fill::Eof,
-            n if n > 0 => {
-                c.end += n as usize;
-                self.grew(n as usize);
+        let (end, want) = (c.end, room.min(CHUNK - c.end));
+        match nix::unistd::read(src.as_raw_fd(), &mut c.bytes_mut()[end..end + want]) {
+            Ok(0) => Fill::Eof,
+            Ok(n) => {
+                c.end += n;
+                self.grew(n);
                 self.end_drops();
                 Fill::Read
             }
-            _ => match Errno::last() {
-                Errno::EAGAIN => Fill::Empty,
-                e => Fill::Err(e),
-            },
+            Err(Errno::EAGAIN) => Fill::Empty,
+            Err(e) => Fill::Err(e),
         }
     }
 
     /// Reads and discards (policy `Drop` at the cap): the newest bytes are the ones lost, so what
     /// the backlog holds stays one piece with the bytes before the outage.
-    fn discard(&mut self, src: RawFd) -> Fill {
+    fn discard(&mut self, src: BorrowedFd<'_>) -> Fill {
         if self.scratch.is_none() {
             match Chunk::new(&self.pool) {
                 Ok(c) => self.scratch = Some(c),
                 Err(_) => return Fill::Full,
             }
         }
-        let s = self.scratch.as_ref().expect("scratch");
-        let n = unsafe { libc::read(src, s.ptr.cast(), SCRATCH) };
-        match n {
-            0 => Fill::Eof,
-            n if n > 0 => {
+        let s = self.scratch.as_mut().expect("scratch");
+        match nix::unistd::read(src.as_raw_fd(), &mut s.bytes_mut()[..SCRATCH]) {
+            Ok(0) => Fill::Eof,
+            Ok(n) => {
                 let d = self
                     .dropping
                     .get_or_insert_with(|| (0, SystemTime::now(), Instant::now()));
@@ -438,10 +450,8 @@ impl Backlog {
                 self.pool.dropped.fetch_add(n as u64, Ordering::Relaxed);
                 Fill::Read
             }
-            _ => match Errno::last() {
-                Errno::EAGAIN => Fill::Empty,
-                e => Fill::Err(e),
-            },
+            Err(Errno::EAGAIN) => Fill::Empty,
+            Err(e) => Fill::Err(e),
         }
     }
 
@@ -460,30 +470,21 @@ impl Backlog {
 
     /// Writes the oldest bytes to `dst` until it is full or the backlog empty. Ok(bytes written);
     /// EAGAIN only when nothing could be written.
-    pub fn flush(&mut self, dst: RawFd) -> Result<usize, Errno> {
+    pub fn flush(&mut self, dst: BorrowedFd<'_>) -> Result<usize, Errno> {
         let mut total = 0;
         while !self.chunks.is_empty() {
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 16];
+            let mut iov = [IoSlice::new(&[]); 16];
             let mut k = 0;
             for (v, c) in iov.iter_mut().zip(&self.chunks) {
-                *v = libc::iovec {
-                    iov_base: unsafe { c.ptr.add(c.start) }.cast(),
-                    iov_len: c.end - c.start,
-                };
+                *v = IoSlice::new(&c.bytes()[c.start..c.end]);
                 k += 1;
             }
-            let n = unsafe { libc::writev(dst, iov.as_ptr(), k as libc::c_int) };
-            if n < 0 {
-                match Errno::last() {
-                    Errno::EINTR => continue,
-                    Errno::EAGAIN if total > 0 => return Ok(total),
-                    e => return Err(e),
-                }
-            }
-            let mut n = n as usize;
+            let mut n = match nix::sys::uio::writev(dst, &iov[..k]) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) if total > 0 => return Ok(total),
+                Err(e) => return Err(e),
+            };
             total += n;
             self.shrank(n);
             while n > 0 {

@@ -8,19 +8,16 @@
 //!
 //! Output streams (pipe or terminal to fifo, and to a `binary://` logger) buffer while their
 //! destination does not read, within the container's `backlog::Settings` and the shim's pool.
-// TODO(lints): this file's unsafe blocks still lack SAFETY comments and some have nix/sys
-// equivalents (see crate::sys); `ChildStdio::into_stdio` is unused. The lints are off here only until it is converted.
-#![allow(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block, dead_code)]
 
 pub mod backlog;
 mod console;
 pub mod logger;
 pub mod relay;
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -43,13 +40,6 @@ pub struct ChildStdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
-}
-
-impl ChildStdio {
-    pub fn into_stdio(self) -> [Stdio; 3] {
-        let conv = |f: Option<OwnedFd>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
-        [conv(self.stdin), conv(self.stdout), conv(self.stderr)]
-    }
 }
 
 /// The shim's ends, relayed once runc has created the process.
@@ -94,19 +84,8 @@ struct PendingConsole {
 
 /// TIOCSWINSZ on a terminal.
 fn set_winsize(tty: &OwnedFd, width: u32, height: u32) -> Result<()> {
-    let ws = libc::winsize {
-        ws_row: height as u16,
-        ws_col: width as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
-        return Err(Error::Other(format!(
-            "resizing the terminal: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+    crate::sys::set_winsize(tty.as_fd(), width as u16, height as u16)
+        .map_err(|e| Error::Other(format!("resizing the terminal: {e}")))
 }
 
 /// Counts output streams still copying; Delete waits for zero.
@@ -194,18 +173,13 @@ impl DrainWaiter {
         }
     }
 
-    fn unread(&self) -> i64 {
-        self.fifos.iter().map(|f| unread(f) as i64).sum()
+    /// Bytes waiting in the fifos; a fifo whose count is unknown counts 0.
+    fn unread(&self) -> usize {
+        self.fifos
+            .iter()
+            .map(|f| crate::sys::fionread(f.as_fd()).unwrap_or(0))
+            .sum()
     }
-}
-
-/// Bytes waiting in a pipe (FIONREAD); 0 when unknown.
-fn unread(fd: &OwnedFd) -> i32 {
-    let mut n: libc::c_int = 0;
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
-        return 0;
-    }
-    n
 }
 
 pub struct ProcessIo {
@@ -223,14 +197,18 @@ pub struct ProcessIo {
     logger: Option<Logger>,
 }
 
+/// open(2) with `flags` as given (std adds O_CLOEXEC); `mode` applies when O_CREAT creates the file.
 fn open(path: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let access = flags & libc::O_ACCMODE;
+    let f = OpenOptions::new()
+        .read(access == libc::O_RDONLY || access == libc::O_RDWR)
+        .write(access == libc::O_WRONLY || access == libc::O_RDWR)
+        // std takes the access mode from read/write and every other flag (O_CREAT, O_APPEND,
+        // O_NONBLOCK) from here.
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .mode(mode)
+        .open(path)?;
+    Ok(f.into())
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -242,7 +220,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// Bigger pipe buffers mean fewer wakeups per MiB for the container, the relay and the client.
 /// Pages are allocated only as data arrives; failure (over the unprivileged limit) is harmless.
 fn grow(fd: &OwnedFd, size: libc::c_int) {
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
 }
 
 /// The client's fifos stay smaller: what is in one when the process exits is what the exit waits
@@ -256,13 +234,9 @@ fn chown(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
     if uid == 0 && gid == 0 {
         return Ok(());
     }
-    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
-        return Err(Error::Other(format!(
-            "chown of io pipe to {uid}:{gid}: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
+    use nix::unistd::{Gid, Uid};
+    nix::unistd::fchown(fd.as_raw_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(|e| Error::Other(format!("chown of io pipe to {uid}:{gid}: {}", std::io::Error::from(e))))
 }
 
 enum Target<'a> {
@@ -595,11 +569,6 @@ mod tests {
     fn winsize_reaches_the_slave() {
         let pty = nix::pty::openpty(None, None).unwrap();
         set_winsize(&pty.master, 34, 12).unwrap();
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        assert_eq!(
-            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
-            0
-        );
-        assert_eq!((ws.ws_col, ws.ws_row), (34, 12));
+        assert_eq!(crate::sys::winsize(pty.slave.as_fd()).unwrap(), (34, 12));
     }
 }
