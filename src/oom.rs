@@ -14,17 +14,15 @@
 //! notifications, v2: one call for 0 -> 3; the count is logged), as the Go shim publishes one TaskOOM.
 //! [`OomWatcher::remove`] checks one last time before closing, so the service can publish the OOM event
 //! before the exit event (CRI derives OOMKilled from that order, containerd#12714).
-// TODO(lints): this file's unsafe blocks still lack SAFETY comments and some have nix/sys
-// equivalents (see crate::sys); `OomWatcher::start` and `run` serve only the tests. The lints are off here only until it is converted.
-#![allow(clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block, dead_code)]
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
@@ -41,7 +39,7 @@ enum Source {
         dir: PathBuf,
     },
     V2 {
-        inotify: OwnedFd,
+        inotify: Inotify,
         dir: PathBuf,
         last: u64,
         /// The parent's memory.events and its oom_kill as of `last` (None: no parent with one).
@@ -89,19 +87,8 @@ impl Source {
     }
 
     fn v2(dir: &Path) -> Result<Source> {
-        // By hand with libc: this crate's nix is built without its `inotify` feature.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let inotify = unsafe { OwnedFd::from_raw_fd(fd) };
-        let watch = |path: &Path| {
-            let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::from)?;
-            match unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_MODIFY) } {
-                -1 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
-            }
-        };
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+        let watch = |path: &Path| inotify.add_watch(path, AddWatchFlags::IN_MODIFY).map(drop);
         // Watch before reading the start value, so a kill in between shows up as a modification.
         let events = dir.join("memory.events");
         watch(&events).ctx(|| format!("watching {}", events.display()))?;
@@ -197,22 +184,16 @@ impl Source {
 
 /// Empties an inotify queue. The events only say "look again"; returns whether one was IN_IGNORED (a
 /// watched file is gone).
-fn drain_inotify(fd: &OwnedFd) -> bool {
+fn drain_inotify(inotify: &Inotify) -> bool {
     let mut ignored = false;
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            return ignored; // EAGAIN: empty
+    // EAGAIN: empty.
+    while let Ok(events) = inotify.read_events() {
+        if events.is_empty() {
+            break;
         }
-        // struct inotify_event { int wd; u32 mask, cookie, len; char name[len]; }
-        let mut rest = &buf[..n as usize];
-        while rest.len() >= 16 {
-            let field = |at: usize| u32::from_ne_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
-            ignored |= field(4) & libc::IN_IGNORED != 0;
-            rest = &rest[(16 + field(12) as usize).min(rest.len())..];
-        }
+        ignored |= events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED));
     }
+    ignored
 }
 
 /// The `oom_kill` counter of a v2 `memory.events` (the trailing space keeps `oom_group_kill` out).
@@ -231,15 +212,11 @@ struct Watch {
 
 struct Shared {
     epoll: Epoll,
-    wake: EventFd,
-    stop: AtomicBool,
     next: AtomicU64,
     /// epoll token -> watch. Tokens are never reused, so a stale event cannot hit a newer watch.
     watches: Mutex<HashMap<u64, Arc<Watch>>>,
     on_oom: Box<dyn Fn(&str) + Send + Sync>,
 }
-
-const WAKE: u64 = 0;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -269,38 +246,21 @@ impl Shared {
 pub struct OomWatcher(Arc<Shared>);
 
 impl OomWatcher {
-    /// One thread (epoll) for all containers; calls `on_oom(container_id)` when it sees OOM kills. `on_oom`
-    /// runs on that thread or in `remove`, and must not call back into the watcher.
+    /// A watcher on an event loop of its own (tests).
+    #[cfg(test)]
     pub fn start(on_oom: Box<dyn Fn(&str) + Send + Sync>) -> std::io::Result<OomWatcher> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
-        let shared = Arc::new(Shared {
-            epoll,
-            wake,
-            stop: AtomicBool::new(false),
-            next: AtomicU64::new(WAKE + 1),
-            watches: Mutex::new(HashMap::new()),
-            on_oom,
-        });
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("oom".into())
-            .stack_size(128 * 1024)
-            .spawn(move || run(&s))?;
-        Ok(OomWatcher(shared))
+        OomWatcher::start_on(&crate::stdio::relay::Relay::start()?, on_oom)
     }
 
-    /// As `start`, with the notifications handled on the relay's thread instead of a thread of its own.
+    /// Calls `on_oom(container_id)` on the event loop's thread when it sees OOM kills (or in `remove`);
+    /// `on_oom` must not block or call back into the watcher.
     pub fn start_on(
         relay: &crate::stdio::relay::Relay,
         on_oom: Box<dyn Fn(&str) + Send + Sync>,
     ) -> std::io::Result<OomWatcher> {
         let shared = Arc::new(Shared {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-            wake: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-            stop: AtomicBool::new(false),
-            next: AtomicU64::new(WAKE + 1),
+            next: AtomicU64::new(1),
             watches: Mutex::new(HashMap::new()),
             on_oom,
         });
@@ -367,21 +327,6 @@ impl OomWatcher {
     }
 }
 
-impl Drop for OomWatcher {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::Relaxed);
-        let _ = self.0.wake.write(1);
-    }
-}
-
-fn run(sh: &Shared) {
-    while !sh.stop.load(Ordering::Relaxed) {
-        if !poll(sh, EpollTimeout::NONE) {
-            return;
-        }
-    }
-}
-
 /// Waits up to `timeout` for notifications and handles them; false on a fatal epoll error.
 fn poll(sh: &Shared, timeout: EpollTimeout) -> bool {
     let mut events = [EpollEvent::empty(); 16];
@@ -396,10 +341,6 @@ fn poll(sh: &Shared, timeout: EpollTimeout) -> bool {
         };
         for ev in &events[..n] {
             let token = ev.data();
-            if token == WAKE {
-                let _ = sh.wake.read();
-                continue;
-            }
             // Cloned out, so the map lock is not held while on_oom runs.
             let Some(w) = lock(&sh.watches).get(&token).cloned() else {
                 continue;
