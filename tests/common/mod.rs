@@ -175,9 +175,15 @@ fn image_tar() -> &'static Path {
 
 /// Runs `cmd` with an optional stdin, collecting its output; kills it and
 /// returns Err if it has not exited within `timeout`. Pipes are drained by
-/// threads so a chatty child cannot block on a full pipe.
-fn run_with_timeout(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
+/// threads so a chatty child cannot block on a full pipe. The one bounded
+/// command runner of all the harnesses (tests/support and tests/cri use it).
+pub fn run_with_timeout(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
     run_gated(cmd, input, None, timeout)
+}
+
+/// `run_with_timeout` with no stdin.
+pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output, String> {
+    run_gated(cmd, None, None, timeout)
 }
 
 /// `run_with_timeout`, but stdin is closed (EOF) only once `close_gate`
@@ -204,32 +210,10 @@ fn run_gated(
             }
         });
     }
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            let _ = tx.send(buf);
-        });
-        rx
-    };
     let out_rx = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let err_rx = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?} did not finish within {timeout:?}; killed it"));
-            }
-            Err(e) => return Err(format!("wait {cmd:?}: {e}")),
-        }
-    };
+    let status = wait_bounded(&mut child, timeout)
+        .ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}; killed it"))?;
     // A grandchild could hold the pipes open; don't wait for it forever.
     let grace = Duration::from_secs(5);
     Ok(Output {
@@ -237,6 +221,36 @@ fn run_gated(
         stdout: out_rx.recv_timeout(grace).unwrap_or_default(),
         stderr: err_rx.recv_timeout(grace).unwrap_or_default(),
     })
+}
+
+/// Reads `r` to its end on a thread; the receiver gets everything once it is done.
+pub fn drain(r: Option<Box<dyn Read + Send>>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Waits for `child` for at most `timeout`; on timeout (or a failed wait)
+/// kills it, reaps it and returns None.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
 }
 
 pub struct Containerd {

@@ -12,8 +12,9 @@
 //! else), inline keys on 1.7 and 2.x (which send them as TOML in
 //! `config_body`; then no options file exists at all).
 //!
-//! Self-contained (tests/common starts containerd with CRI disabled), same
-//! ideas: everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
+//! Its own containerd (tests/common starts one with CRI disabled), built on
+//! tests/common's pieces (each test file says `mod common;` before
+//! `mod harness;`): everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
 //! tools are called with time limits, and `Drop` tears everything down also
 //! when the test panicked: containerd, our shims, the containers' cgroups,
 //! runc state, mounts, the temp dir.
@@ -28,7 +29,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::common::run_bounded;
 
 /// The shim under test (cargo builds it before integration tests).
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
@@ -234,48 +237,9 @@ fn real_runc() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-/// Runs `cmd`, collecting its output; kills it and returns Err when it has
-/// not exited within `timeout`.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            let _ = tx.send(buf);
-        });
-        rx
-    };
-    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?} did not finish within {timeout:?}; killed it"));
-            }
-            Err(e) => return Err(format!("wait {cmd:?}: {e}")),
-        }
-    };
-    let grace = Duration::from_secs(5);
-    Ok(Output {
-        status,
-        stdout: out.recv_timeout(grace).unwrap_or_default(),
-        stderr: err.recv_timeout(grace).unwrap_or_default(),
-    })
-}
-
 fn run_ok(cmd: Command, timeout: Duration) -> Result<String, String> {
     let desc = format!("{cmd:?}");
-    let o = run_with_timeout(cmd, timeout)?;
+    let o = run_bounded(cmd, timeout)?;
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     } else {
@@ -501,7 +465,7 @@ impl CriContainerd {
             }
             let mut cmd = Command::new(&self.ctr);
             cmd.args(["--address", &self.address, "version"]);
-            if matches!(run_with_timeout(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
+            if matches!(run_bounded(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
                 return;
             }
             if Instant::now() > deadline {
@@ -533,11 +497,11 @@ impl CriContainerd {
         let b64 = any["value"].as_str().unwrap_or_default();
         let mut cmd = Command::new("base64");
         cmd.arg("-d");
-        // run_with_timeout gives the child no stdin: decode a file.
+        // run_bounded gives the child no stdin: decode a file.
         let tmp = self.dir.join("options.b64");
         fs::write(&tmp, b64).expect("write options.b64");
         cmd.arg(&tmp);
-        let o = run_with_timeout(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let o = run_bounded(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             o.status.success(),
             "base64 -d {b64:?}: {}",
@@ -663,7 +627,7 @@ impl CriContainerd {
             let ctr = |args: &[&str]| {
                 let mut cmd = Command::new(&self.ctr);
                 cmd.args(["--address", &self.address, "-n", CRI_NAMESPACE]).args(args);
-                let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
+                let _ = run_bounded(cmd, CLEANUP_TIMEOUT);
             };
             for id in list("tasks") {
                 ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &id]);
@@ -705,7 +669,7 @@ impl CriContainerd {
                 if let Some(id) = e.file_name().and_then(|s| s.to_str()) {
                     let mut cmd = Command::new(&runc);
                     cmd.arg("--root").arg(&root).args(["delete", "-f", id]);
-                    let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
+                    let _ = run_bounded(cmd, CLEANUP_TIMEOUT);
                 }
             }
         }

@@ -18,55 +18,11 @@ pub mod restart;
 pub mod shim;
 pub mod ttrpc_raw;
 
-use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// Runs `cmd` to completion with its output collected; kills it and returns Err after `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let status =
-        wait_bounded(&mut child, timeout).ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}"))?;
-    let grace = Duration::from_secs(5);
-    Ok(Output {
-        status,
-        stdout: out.recv_timeout(grace).unwrap_or_default(),
-        stderr: err.recv_timeout(grace).unwrap_or_default(),
-    })
-}
-
-/// Reads `r` to its end on a thread; the receiver gets everything once it is done.
-pub fn drain(r: Option<Box<dyn Read + Send>>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut buf);
-        }
-        let _ = tx.send(buf);
-    });
-    rx
-}
-
-/// Waits for `child` for at most `timeout`; on timeout kills it (and reaps it) and returns None.
-pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
+// The bounded command runner and its parts live in tests/common, shared by every harness.
+pub use crate::common::{drain, run_bounded, wait_bounded};
 
 /// Polls `f` every 50 ms until it returns Some, or returns None once `timeout` has passed.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
