@@ -663,7 +663,8 @@ fn spawn_containerd(bin_dir: &Path, dir: &Path) -> Child {
 }
 
 /// Unmounts (lazily, deepest first) everything under `dir`, then removes it.
-fn cleanup_dir(dir: &Path) {
+/// Unmounts whatever is mounted under `dir`, then removes it.
+pub fn cleanup_dir(dir: &Path) {
     for m in mounts_under(dir) {
         let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
     }
@@ -675,7 +676,10 @@ fn cleanup_dir(dir: &Path) {
 }
 
 /// Mount points at or under `dir` per /proc/self/mountinfo, deepest first.
-fn mounts_under(dir: &Path) -> Vec<String> {
+/// Mount points at or under `dir` in this mount namespace (which containerd
+/// and the shims share), deepest first: the order to unmount them in.
+/// Every harness's one reader of mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy();
     let prefix = format!("{dir}/");
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -691,21 +695,14 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     mounts
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
+/// The kernel writes a mount point into mountinfo with exactly four bytes
+/// escaped as `\ooo`: space, tab, newline and backslash. The backslash goes
+/// last, so `\134040` (a literal `\040` in the path) stays `\040`.
 fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 fn dir_entries(dir: &Path) -> Vec<PathBuf> {

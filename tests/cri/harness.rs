@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::run_bounded;
+use crate::common::{cleanup_dir, mounts_under, run_bounded};
 
 /// The shim under test (cargo builds it before integration tests).
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
@@ -1036,52 +1036,6 @@ fn listening_sockets_of(pids: impl Iterator<Item = u32>) -> Vec<PathBuf> {
     paths
 }
 
-/// Mount points at or under `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy();
-    let prefix = format!("{dir}/");
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| *m == *dir || m.starts_with(&prefix))
-        .collect();
-    mounts.reverse();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
-    mounts.dedup();
-    mounts
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn cleanup_dir(dir: &Path) {
-    for m in mounts_under(dir) {
-        let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
-    }
-    if let Err(e) = fs::remove_dir_all(dir) {
-        if dir.exists() {
-            eprintln!("cri harness: could not remove {}: {e}", dir.display());
-        }
-    }
-}
-
-/// `/sys/fs/cgroup/<parent>` (v2) and `/sys/fs/cgroup/<controller>/<parent>`
-/// (v1) that exist.
 fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
     let rel = parent.trim_start_matches('/');
     let base = Path::new("/sys/fs/cgroup");
