@@ -310,7 +310,7 @@ fn check_exits(events: &str, expected: &[(String, String, u32)]) {
             }
             _ => {}
         }
-        let got = support::event_field(exit_line, "exit_status");
+        let got = common::events::field(exit_line, "exit_status");
         if got != *status as i64 {
             problems.push(format!("{cid}/{exec_id}: exit_status {got}, want {status}"));
         }

@@ -57,26 +57,3 @@ impl Drop for KillOnDrop {
 pub fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// Lines of `ctr events` output for topic `topic` (e.g. "/tasks/exit") that mention container `id`.
-pub fn event_lines<'a>(events: &'a str, topic: &str, id: &str) -> Vec<&'a str> {
-    let needle = format!("\"container_id\":\"{id}\"");
-    events
-        .lines()
-        .filter(|l| l.split_whitespace().any(|w| w == topic) && l.contains(&needle))
-        .collect()
-}
-
-/// The integer field `"name":N` of a `ctr events` JSON payload (absent means 0, as protobuf omits it).
-pub fn event_field(line: &str, name: &str) -> i64 {
-    let key = format!("\"{name}\":");
-    line.find(&key)
-        .map(|i| {
-            line[i + key.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '-')
-                .collect::<String>()
-        })
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
