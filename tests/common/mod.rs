@@ -453,12 +453,13 @@ impl Containerd {
         let mut events = self.spawn_ctr(&["events"]);
         let (tx, gate) = mpsc::channel();
         let stdout = events.stdout.take().unwrap();
-        let ids: Vec<String> = args.iter().map(|a| format!("\"container_id\":\"{a}\"")).collect();
+        let ids: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let started = line.contains("/tasks/start ") || line.contains("/tasks/exec-started ");
-                if started && ids.iter().any(|id| line.contains(id.as_str())) {
+                let Some(e) = events::Event::parse(&line) else { continue };
+                let started = e.topic == "/tasks/start" || e.topic == "/tasks/exec-started";
+                if started && ids.iter().any(|id| e.container() == id) {
                     let _ = tx.send(());
                     return;
                 }
