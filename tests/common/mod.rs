@@ -122,7 +122,7 @@ pub fn default_bin_dir() -> PathBuf {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // std has no geteuid(); /proc/self/status says "Uid: real effective ...".
     fs::read_to_string("/proc/self/status")
         .ok()
@@ -706,7 +706,7 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -757,7 +757,7 @@ fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
     pids
 }
 
-fn is_zombie(pid: u32) -> bool {
+pub fn is_zombie(pid: u32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces/parens.
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(") ")
@@ -780,13 +780,14 @@ fn ns_cgroup_dirs(ns: &str) -> Vec<PathBuf> {
 }
 
 /// Kills every process in a cgroup tree, then removes it bottom-up.
-fn remove_cgroup_tree(cg: &Path) {
+pub fn remove_cgroup_tree(cg: &Path) {
     for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
         remove_cgroup_tree(&child);
     }
     for _ in 0..50 {
         let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<&str> = procs.split_whitespace().collect();
+        // Never pid 1, whatever a cgroup says.
+        let pids: Vec<&str> = procs.split_whitespace().filter(|p| *p != "1").collect();
         if pids.is_empty() || fs::remove_dir(cg).is_ok() {
             break;
         }
@@ -851,7 +852,7 @@ fn listening_unix_sockets() -> Vec<Vec<u8>> {
 
 /// Paths of the unix sockets that processes `pids` listen on (their fds
 /// link to "socket:[<inode>]").
-fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
+pub fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
     let listening = listening_unix();
     let mut paths = Vec::new();
     for pid in pids {

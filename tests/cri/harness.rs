@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{cleanup_dir, mounts_under, run_bounded};
+use crate::common::{
+    cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
+};
 
 /// The shim under test (cargo builds it before integration tests).
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
@@ -212,17 +214,6 @@ pub fn unsupported(release: &Release) -> Option<String> {
 pub fn serialize() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 fn real_runc() -> Option<PathBuf> {
@@ -650,7 +641,7 @@ impl CriContainerd {
         // 3. Shims outlive containerd by design: kill ours, remove their
         //    sockets (a killed shim cannot).
         let shims = shim_processes(&self.address, &self.dir);
-        let sockets = listening_sockets_of(shims.iter().map(|(p, _)| *p));
+        let sockets = listening_sockets_of(&shims.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         for (pid, _) in &shims {
             signal(*pid, "KILL");
         }
@@ -957,21 +948,6 @@ fn parent_of(pid: u32) -> Option<u32> {
         .and_then(|p| p.trim().parse().ok())
 }
 
-fn dir_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn is_zombie(pid: u32) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ")
-        .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-        .unwrap_or(true)
-}
-
 /// Live shim processes (argv has "containerd-shim") of the containerd at
 /// `address`: `-address <address>` in argv, TTRPC_ADDRESS=<address>.ttrpc
 /// in the environment, or a cwd (bundle) in `dir`. With argv.
@@ -1006,36 +982,6 @@ fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
     found
 }
 
-/// Paths of the unix sockets that `pids` listen on.
-fn listening_sockets_of(pids: impl Iterator<Item = u32>) -> Vec<PathBuf> {
-    let table = fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    let listening: Vec<(String, String)> = table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            (c.len() >= 8 && c[3] == "00010000").then(|| (c[6].to_string(), c[7].to_string()))
-        })
-        .collect();
-    let mut paths = Vec::new();
-    for pid in pids {
-        for fd in dir_entries(Path::new(&format!("/proc/{pid}/fd"))) {
-            let Ok(target) = fs::read_link(&fd) else { continue };
-            let target = target.to_string_lossy().into_owned();
-            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
-                continue;
-            };
-            paths.extend(
-                listening
-                    .iter()
-                    .filter(|(i, _)| i == inode)
-                    .map(|(_, p)| PathBuf::from(p)),
-            );
-        }
-    }
-    paths
-}
-
 fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
     let rel = parent.trim_start_matches('/');
     let base = Path::new("/sys/fs/cgroup");
@@ -1047,28 +993,6 @@ fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
             .map(|c| c.join(rel)),
     );
     v.into_iter().filter(|p| p.is_dir()).collect()
-}
-
-/// Kills every process in a cgroup tree, then removes it bottom-up.
-fn remove_cgroup_tree(cg: &Path) {
-    for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
-        remove_cgroup_tree(&child);
-    }
-    for _ in 0..50 {
-        let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-        if procs.trim().is_empty() || fs::remove_dir(cg).is_ok() {
-            break;
-        }
-        for pid in procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .filter(|&p| p > 1)
-        {
-            signal(pid, "KILL");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = fs::remove_dir(cg);
 }
 
 /// Whether `p` is a unix socket.
