@@ -61,7 +61,7 @@ pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
 const DEFAULT_BIN_DIR: &str = "/usr/bin";
 /// PATH for containerd after the shim's directory; explicit rather than
 /// inherited so runc/crun resolve to the system ones (/usr/sbin/runc).
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the shims' sockets live: containerd 1.6+ hard-codes it
 /// (`/run/containerd/s/<sha256(address/ns/id)>`), whatever `state` says.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -294,7 +294,7 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config).expect("write containerd config");
 
-        let child = spawn_containerd(bin_dir, &dir);
+        let child = spawn_containerd(&bin_dir.join("containerd"), &config_path, &dir, shim_dir());
         // From here on a panic drops `c`, which cleans up.
         let mut c = Containerd {
             dir,
@@ -313,18 +313,13 @@ impl Containerd {
     /// starts the same binary on the same config, root, state and socket:
     /// an upgrade or crash as a shim sees it. Returns once it answers.
     pub fn restart(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.child = spawn_containerd(&self.bin_dir, &self.dir);
+        terminate_containerd(&mut self.child);
+        self.child = spawn_containerd(
+            &self.containerd_bin(),
+            &self.dir.join("config.toml"),
+            &self.dir,
+            shim_dir(),
+        );
         self.wait_ready();
     }
 
@@ -377,31 +372,13 @@ impl Containerd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
-            }
-            let mut cmd = Command::new(self.ctr_bin());
-            cmd.args(["--address", &self.address, "version"]);
-            if matches!(run_with_timeout(cmd, None, Duration::from_secs(5)), Ok(o) if o.status.success()) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "containerd not ready after {START_TIMEOUT:?}; log:\n{}",
-                    self.log_tail(50)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let ctr = self.ctr_bin();
+        wait_containerd_ready(&mut self.child, &ctr, &self.address, &self.dir, START_TIMEOUT);
     }
 
     /// The last `n` lines of containerd.log (shim logs end up there too).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        log_tail(&self.dir, n)
     }
 
     /// `ctr --address <sock> -n <ns> <args>`. For commands that create IO
@@ -644,23 +621,66 @@ impl Drop for Containerd {
 
 /// `<bin_dir>/containerd --config <dir>/config.toml`, with the shim's
 /// directory first on its PATH and its output appended to containerd.log.
-fn spawn_containerd(bin_dir: &Path, dir: &Path) -> Child {
-    let bin = bin_dir.join("containerd");
+/// The directory of the shim under test, first in containerd's PATH.
+pub fn shim_dir() -> &'static Path {
+    Path::new(SHIM_BIN).parent().expect("shim binary has a directory")
+}
+
+/// Starts `containerd --config <config>` logging to `<dir>/containerd.log`, in `dir`, with PATH
+/// `<first_in_path>:SYSTEM_PATH` (where it finds the shims it starts).
+pub fn spawn_containerd(containerd: &Path, config: &Path, dir: &Path, first_in_path: &Path) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("containerd.log"))
         .expect("open containerd.log");
-    let shim_dir = Path::new(SHIM_BIN).parent().expect("shim binary has a directory");
-    Command::new(&bin)
+    Command::new(containerd)
         .arg("--config")
-        .arg(dir.join("config.toml"))
-        .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
+        .arg(config)
+        .env("PATH", format!("{}:{SYSTEM_PATH}", first_in_path.display()))
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log fd"))
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()))
+}
+
+/// Polls `<ctr> --address <address> version` until containerd answers; panics with the tail of
+/// `<dir>/containerd.log` if `child` exits first or `timeout` passes.
+pub fn wait_containerd_ready(child: &mut Child, ctr: &Path, address: &str, dir: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("containerd exited during startup ({st}); log:\n{}", log_tail(dir, 50));
+        }
+        let mut cmd = Command::new(ctr);
+        cmd.args(["--address", address, "version"]);
+        if matches!(run_bounded(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("containerd not ready after {timeout:?}; log:\n{}", log_tail(dir, 50));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM to a containerd this harness started, as systemd stops it (its shims keep running);
+/// waits up to 20 s for it to exit, else kills it and panics.
+pub fn terminate_containerd(child: &mut Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    if wait_bounded(child, Duration::from_secs(20)).is_none() {
+        panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
+    }
+}
+
+/// The last `n` lines of `<dir>/containerd.log` (the shims' logs end up there too).
+pub fn log_tail(dir: &Path, n: usize) -> String {
+    let log = fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Unmounts (lazily, deepest first) everything under `dir`, then removes it.

@@ -40,6 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{
     cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
+    spawn_containerd, terminate_containerd, wait_containerd_ready,
 };
 
 /// The shim under test (cargo builds it before integration tests).
@@ -55,7 +56,6 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
 
 /// Debian 12's containerd 1.6.
 const SYSTEM_BIN_DIR: &str = "/usr/bin";
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// containerd 1.6/1.7 put every shim socket here, whatever `state` says.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -394,7 +394,7 @@ impl CriContainerd {
         }
 
         let containerd = release.containerd();
-        let child = spawn_containerd(&containerd, &dir);
+        let child = spawn_containerd(&containerd, &dir.join("config.toml"), &dir, &dir.join("bin"));
         // From here on a panic drops `c`, which cleans up.
         let mut c = CriContainerd {
             dir: guard.disarm(),
@@ -433,40 +433,19 @@ impl CriContainerd {
     /// `outage` and starts it again on the same config, root, state and socket; returns once it
     /// answers. What a containerd upgrade or restart is to the pods.
     pub fn restart(&mut self, outage: Duration) {
-        signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("containerd ignored SIGTERM for 20 s; killed it");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        terminate_containerd(&mut self.child);
         thread::sleep(outage);
-        self.child = spawn_containerd(&self.containerd, &self.dir);
+        self.child = spawn_containerd(
+            &self.containerd,
+            &self.dir.join("config.toml"),
+            &self.dir,
+            &self.dir.join("bin"),
+        );
         self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
-            }
-            let mut cmd = Command::new(&self.ctr);
-            cmd.args(["--address", &self.address, "version"]);
-            if matches!(run_bounded(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "containerd not ready after {START_TIMEOUT:?}; log:\n{}",
-                    self.log_tail(50)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_containerd_ready(&mut self.child, &self.ctr, &self.address, &self.dir, START_TIMEOUT);
     }
 
     /// `ctr --address <sock> <args>`; panics with the log tail on failure.
@@ -507,9 +486,7 @@ impl CriContainerd {
 
     /// The last `n` lines of containerd.log (the shims' logs end up there).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        crate::common::log_tail(&self.dir, n)
     }
 
     /// Lines our shim logged (containerd tags them runtime=<runtime type>)
@@ -699,25 +676,6 @@ impl Drop for DirGuard {
             cleanup_dir(&dir);
         }
     }
-}
-
-/// `containerd --config <dir>/config.toml`, logging to (appending to) `<dir>/containerd.log`.
-fn spawn_containerd(containerd: &Path, dir: &Path) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("containerd.log"))
-        .expect("open containerd.log");
-    Command::new(containerd)
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .env("PATH", format!("{}:{SYSTEM_PATH}", dir.join("bin").display()))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log fd"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()))
 }
 
 fn set_mode(p: &Path, mode: u32) {
