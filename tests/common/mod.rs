@@ -564,14 +564,7 @@ impl Containerd {
         }
         // 2. containerd: SIGTERM, SIGKILL after 10 s.
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
+            term_then_kill(&mut self.child, Duration::from_secs(10));
         }
         let _ = self.child.wait();
         // 3. Shims outlive containerd by design; kill ours.
@@ -669,11 +662,17 @@ pub fn wait_containerd_ready(child: &mut Child, ctr: &Path, address: &str, dir: 
 /// SIGTERM to a containerd this harness started, as systemd stops it (its shims keep running);
 /// waits up to 20 s for it to exit, else kills it and panics.
 pub fn terminate_containerd(child: &mut Child) {
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    if wait_bounded(child, Duration::from_secs(20)).is_none() {
+    let pid = child.id();
+    if !term_then_kill(child, Duration::from_secs(20)) {
         panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
     }
+}
+
+/// SIGTERM to `child`, then up to `grace` for it to exit; if it has not, kills and reaps it and
+/// returns false. Never panics (cleanup runs it while a failed test unwinds).
+pub fn term_then_kill(child: &mut Child, grace: Duration) -> bool {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    wait_bounded(child, grace).is_some()
 }
 
 /// The last `n` lines of `<dir>/containerd.log` (the shims' logs end up there too).

@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{
     cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
-    spawn_containerd, terminate_containerd, wait_containerd_ready,
+    spawn_containerd, term_then_kill, terminate_containerd, wait_containerd_ready,
 };
 
 /// The shim under test (cargo builds it before integration tests).
@@ -607,12 +607,7 @@ impl CriContainerd {
         }
         // 2. containerd: SIGTERM, SIGKILL after 10 s.
         if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
+            term_then_kill(&mut self.child, Duration::from_secs(10));
         }
         let _ = self.child.wait();
         // 3. Shims outlive containerd by design: kill ours, remove their

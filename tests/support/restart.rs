@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::procs;
-use crate::common::{shim_dir, spawn_containerd, wait_containerd_ready, Containerd};
+use crate::common::{shim_dir, spawn_containerd, term_then_kill, wait_containerd_ready, Containerd};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 
@@ -114,8 +114,7 @@ impl Drop for Restarted<'_> {
             {
                 let _ = self.ctr_quiet(&["containers", "rm", id]);
             }
-            super::signal(self.child.id(), libc::SIGTERM);
-            if super::wait_bounded(&mut self.child, Duration::from_secs(10)).is_none() {
+            if !term_then_kill(&mut self.child, Duration::from_secs(10)) {
                 eprintln!("restarted containerd ignored SIGTERM; killed it");
             }
         }
