@@ -371,10 +371,8 @@ fn delete_racing_the_exit() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn delete_racing_the_exit_at_the_shim() {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{
-        CreateTaskRequest, DeleteRequest, StartRequest, StateRequest, WaitRequest,
-    };
-    use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{DeleteRequest, StateRequest, WaitRequest};
+    use support::shim::{ctx, DirectShim};
     if common::skip_if_unsupported() {
         return;
     }
@@ -384,27 +382,7 @@ fn delete_racing_the_exit_at_the_shim() {
     for i in 0..20 {
         let id = format!("del{i}");
         let script = format!("usleep {}", (i % 5) * 5000);
-        let bundle = shim.bundle(&id, Some(&spec_json(&shim.namespace, &id, &["sh", "-c", &script])));
-        busybox_rootfs(&bundle);
-        client
-            .create(
-                ctx(),
-                &CreateTaskRequest {
-                    id: id.clone(),
-                    bundle: bundle.to_string_lossy().into_owned(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
-        client
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"));
+        shim.run(&id, &["sh", "-c", &script]);
         let req = DeleteRequest {
             id: id.clone(),
             ..Default::default()
