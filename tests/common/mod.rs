@@ -738,14 +738,14 @@ fn cmdline(pid: u32) -> String {
     String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string()
 }
 
-/// Live (non-zombie) shim processes of the containerd at `address`: argv
-/// contains "containerd-shim" and either argv has `-address <address>`,
-/// the environment has it (TTRPC_ADDRESS=<address>.ttrpc), or the cwd is
-/// in our temp dir (shims run in their bundle dir).
-fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
+/// Live (non-zombie) shim processes of the containerd at `address`, with
+/// their argv: argv contains "containerd-shim" and either argv has
+/// `<address>`, the environment has it (TTRPC_ADDRESS=<address>.ttrpc), or
+/// the cwd is in our temp dir `dir` (shims run in their bundle dir).
+pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
     let me = std::process::id();
     let ttrpc = format!("{address}.ttrpc");
-    let mut pids = Vec::new();
+    let mut found = Vec::new();
     for e in dir_entries(Path::new("/proc")) {
         let Some(pid) = e
             .file_name()
@@ -757,23 +757,30 @@ fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
         if pid == me {
             continue;
         }
-        let argv = fs::read(e.join("cmdline")).unwrap_or_default();
-        if !contains(&argv, b"containerd-shim") {
+        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
+        let argv: Vec<String> = raw
+            .split(|&c| c == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !argv.iter().any(|a| a.contains("containerd-shim")) {
             continue; // zombies have an empty cmdline and are skipped here too
         }
         let env = fs::read(e.join("environ")).unwrap_or_default();
-        let ours = argv.split(|&c| c == 0).any(|a| a == address.as_bytes())
+        let ours = argv.iter().any(|a| a == address)
             || env
                 .split(|&c| c == 0)
                 .any(|kv| kv.ends_with(address.as_bytes()) || kv.ends_with(ttrpc.as_bytes()))
-            || fs::read_link(e.join("cwd"))
-                .map(|cwd| cwd.starts_with(dir))
-                .unwrap_or(false);
+            || fs::read_link(e.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
         if ours && !is_zombie(pid) {
-            pids.push(pid);
+            found.push((pid, argv));
         }
     }
-    pids
+    found
+}
+
+fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
+    shim_processes(address, dir).into_iter().map(|(pid, _)| pid).collect()
 }
 
 pub fn is_zombie(pid: u32) -> bool {
@@ -782,10 +789,6 @@ pub fn is_zombie(pid: u32) -> bool {
     stat.rsplit_once(") ")
         .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
         .unwrap_or(true)
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `/sys/fs/cgroup/<ns>` (cgroup v2) and `/sys/fs/cgroup/<controller>/<ns>`

@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{
     cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
-    spawn_containerd, term_then_kill, terminate_containerd, wait_containerd_ready,
+    shim_processes, spawn_containerd, term_then_kill, terminate_containerd, wait_containerd_ready,
 };
 
 /// The shim under test (cargo builds it before integration tests).
@@ -899,40 +899,6 @@ fn parent_of(pid: u32) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("PPid:"))
         .and_then(|p| p.trim().parse().ok())
-}
-
-/// Live shim processes (argv has "containerd-shim") of the containerd at
-/// `address`: `-address <address>` in argv, TTRPC_ADDRESS=<address>.ttrpc
-/// in the environment, or a cwd (bundle) in `dir`. With argv.
-fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
-    let ttrpc = format!("{address}.ttrpc");
-    let mut found = Vec::new();
-    for e in dir_entries(Path::new("/proc")) {
-        let Some(pid) = e
-            .file_name()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
-        let argv: Vec<String> = raw
-            .split(|&c| c == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !argv.iter().any(|a| a.contains("containerd-shim")) {
-            continue; // zombies have an empty cmdline too
-        }
-        let env = fs::read(e.join("environ")).unwrap_or_default();
-        let ours = argv.windows(2).any(|w| w[0] == "-address" && w[1] == address)
-            || env.split(|&c| c == 0).any(|kv| kv.ends_with(ttrpc.as_bytes()))
-            || fs::read_link(e.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
-        if ours && !is_zombie(pid) {
-            found.push((pid, argv));
-        }
-    }
-    found
 }
 
 fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
