@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::events::{wait_status, Events};
+use common::events::{self, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use containerd_shim_rustrunc_v2::protos::shim::shim::UpdateTaskRequest;
 use containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient;
@@ -86,11 +86,7 @@ fn oom_kill_is_published_before_the_exit() {
     assert_eq!(o.status.code(), Some(137), "{o:?}");
     std::thread::sleep(Duration::from_millis(500));
     let text = events.stop();
-    let topics: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(&format!("\"{id}\"")))
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
-        .collect();
+    let topics = events::topics(&text, &id);
     let first_oom = topics
         .iter()
         .position(|t| *t == "/tasks/oom")

@@ -35,6 +35,8 @@
 //! log of the last run on each version stays in
 //! target/tmp/cri-containerd-<version>.log.
 
+// The CRI harness builds on tests/common (its bounded command runner, leftover scans).
+mod common;
 #[path = "cri/harness.rs"]
 mod harness;
 

@@ -13,6 +13,8 @@
 //! Run: `cargo test --test cri_buffering -- --test-threads=1 --nocapture` (root); the 30 s outage is
 //! `#[ignore]` (make stress).
 
+// The CRI harness builds on tests/common (its bounded command runner, leftover scans).
+mod common;
 #[path = "cri/harness.rs"]
 mod harness;
 

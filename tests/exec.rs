@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::events::{wait_child, wait_status, Events};
+use common::events::{self, wait_child, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 
 fn run_detached(c: &Containerd, prefix: &str, args: &[&str]) -> String {
@@ -20,13 +20,6 @@ fn kill_and_remove(c: &Containerd, id: &str) {
     wait_status(c, id, "STOPPED");
     c.ctr_ok(&["task", "rm", id]);
     c.ctr_ok(&["containers", "rm", id]);
-}
-
-fn topics_for<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
-    text.lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
-        .collect()
 }
 
 #[test]
@@ -120,11 +113,11 @@ fn duplicate_exec_ids_pids_and_exec_exit_before_init_exit() {
     c.ctr_ok(&["containers", "rm", &id]);
     std::thread::sleep(Duration::from_millis(300));
     let text = events.stop();
-    let topics = topics_for(&text, &format!("\"{id}\""));
-    let exits: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("/tasks/exit") && l.contains(&format!("\"{id}\"")))
-        .map(|l| if l.contains("\"id\":\"long\"") { "exec" } else { "init" })
+    let topics = events::topics(&text, &id);
+    let exits: Vec<&str> = events::of(&text, &id)
+        .iter()
+        .filter(|e| e.topic == "/tasks/exit")
+        .map(|e| if e.process() == "long" { "exec" } else { "init" })
         .collect();
     assert_eq!(exits, ["exec", "init"], "events:\n{text}");
     assert_eq!(topics.first(), Some(&"/tasks/create"), "{topics:?}");
@@ -155,7 +148,7 @@ fn pause_and_resume() {
     kill_and_remove(&c, &id);
     std::thread::sleep(Duration::from_millis(300));
     let text = events.stop();
-    let topics = topics_for(&text, &format!("\"{id}\""));
+    let topics = events::topics(&text, &id);
     let pos = |t: &str| {
         topics
             .iter()

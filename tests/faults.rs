@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::events::{wait_child, wait_status, Events};
+use common::events::{self, wait_child, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use support::fifo::{fifo_of, FifoReader};
 use support::procs;
 use support::restart::{self, Restarted};
-use support::{event_field, event_lines, KillOnDrop};
+use support::KillOnDrop;
 
 fn ctr_stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -55,18 +55,19 @@ fn force_remove(c: &Containerd, id: &str) {
 /// The exit events of `id` (its init when exec is None).
 fn exits<'a>(events: &'a str, id: &str, exec: Option<&str>) -> Vec<&'a str> {
     let pid_id = exec.unwrap_or(id);
-    event_lines(events, "/tasks/exit", id)
+    events::of(events, id)
         .into_iter()
-        .filter(|l| l.contains(&format!("\"id\":\"{pid_id}\"")))
+        .filter(|e| e.topic == "/tasks/exit" && e.process() == pid_id)
+        .map(|e| e.line)
         .collect()
 }
 
-/// Index of the first line of `topic` for container `id` (and `extra` text) in the event stream.
-fn position(events: &str, topic: &str, id: &str, extra: &str) -> Option<usize> {
-    let needle = format!("\"container_id\":\"{id}\"");
-    events
-        .lines()
-        .position(|l| l.split_whitespace().any(|w| w == topic) && l.contains(&needle) && l.contains(extra))
+/// Index of the first event of `topic` for container `id` (and, given one, process `process`: for
+/// /tasks/exit the container's id is its init's) in the event stream.
+fn position(events: &str, topic: &str, id: &str, process: Option<&str>) -> Option<usize> {
+    events::parse(events)
+        .iter()
+        .position(|e| e.topic == topic && e.container() == id && process.map_or(true, |p| e.process() == p))
 }
 
 /// A runtime options file naming `script` (written executable) as the runc binary.
@@ -179,10 +180,10 @@ fn inits_that_exit_during_create_or_right_after_start() {
     for (id, status, started) in &expected_exits {
         let ex = exits(&text, id, None);
         assert_eq!(ex.len(), 1, "{id}: {} exit events:\n{}", ex.len(), ex.join("\n"));
-        assert_eq!(event_field(ex[0], "exit_status"), *status as i64, "{id}: {}", ex[0]);
-        let exit_at = position(&text, "/tasks/exit", id, "").unwrap();
+        assert_eq!(events::field(ex[0], "exit_status"), *status as i64, "{id}: {}", ex[0]);
+        let exit_at = position(&text, "/tasks/exit", id, None).unwrap();
         let after = if *started { "/tasks/start" } else { "/tasks/create" };
-        let start_at = position(&text, after, id, "").unwrap_or_else(|| panic!("{id}: no {after}"));
+        let start_at = position(&text, after, id, None).unwrap_or_else(|| panic!("{id}: no {after}"));
         assert!(start_at < exit_at, "{id}: exit published before {after}");
     }
     assert_clean(&c);
@@ -246,12 +247,12 @@ fn exec_racing_the_init_exit() {
     for id in &cases {
         let init = exits(&text, id, None);
         assert_eq!(init.len(), 1, "{id}: {} init exits", init.len());
-        assert_eq!(event_field(init[0], "exit_status"), 0, "{id}: {}", init[0]);
-        let init_at = position(&text, "/tasks/exit", id, &format!("\"id\":\"{id}\"")).unwrap();
-        if let Some(started) = position(&text, "/tasks/exec-started", id, "") {
+        assert_eq!(events::field(init[0], "exit_status"), 0, "{id}: {}", init[0]);
+        let init_at = position(&text, "/tasks/exit", id, Some(id)).unwrap();
+        if let Some(started) = position(&text, "/tasks/exec-started", id, None) {
             let ex = exits(&text, id, Some("late"));
             assert_eq!(ex.len(), 1, "{id}: a started exec has {} exits", ex.len());
-            let ex_at = position(&text, "/tasks/exit", id, "\"id\":\"late\"").unwrap();
+            let ex_at = position(&text, "/tasks/exit", id, Some("late")).unwrap();
             assert!(started < ex_at, "{id}: exec exit before exec-started");
             assert!(ex_at < init_at, "{id}: the init's exit was published before its exec's");
         }
@@ -302,7 +303,7 @@ fn kill_racing_the_exit() {
     for id in &ids {
         let ex = exits(&text, id, None);
         assert_eq!(ex.len(), 1, "{id}: {} exits", ex.len());
-        let status = event_field(ex[0], "exit_status");
+        let status = events::field(ex[0], "exit_status");
         assert!(status == 3 || status == 137, "{id}: exit status {status}");
     }
     assert_clean(&c);
@@ -353,13 +354,13 @@ fn delete_racing_the_exit() {
     for (i, id) in ids.iter().enumerate() {
         let ex = exits(&text, id, None);
         assert_eq!(ex.len(), 1, "{id}: {} exits:\n{}", ex.len(), ex.join("\n"));
-        let status = event_field(ex[0], "exit_status");
+        let status = events::field(ex[0], "exit_status");
         assert!(
             status == 0 || (i % 2 == 1 && status == 137),
             "{id}: exit status {status}"
         );
-        let exit_at = position(&text, "/tasks/exit", id, "").unwrap();
-        let delete_at = position(&text, "/tasks/delete", id, "").unwrap_or_else(|| panic!("{id}: no delete event"));
+        let exit_at = position(&text, "/tasks/exit", id, None).unwrap();
+        let delete_at = position(&text, "/tasks/delete", id, None).unwrap_or_else(|| panic!("{id}: no delete event"));
         assert!(exit_at < delete_at, "{id}: delete event before the exit");
     }
     assert_clean(&c);
@@ -370,10 +371,8 @@ fn delete_racing_the_exit() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn delete_racing_the_exit_at_the_shim() {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{
-        CreateTaskRequest, DeleteRequest, StartRequest, StateRequest, WaitRequest,
-    };
-    use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{DeleteRequest, StateRequest, WaitRequest};
+    use support::shim::{ctx, DirectShim};
     if common::skip_if_unsupported() {
         return;
     }
@@ -383,27 +382,7 @@ fn delete_racing_the_exit_at_the_shim() {
     for i in 0..20 {
         let id = format!("del{i}");
         let script = format!("usleep {}", (i % 5) * 5000);
-        let bundle = shim.bundle(&id, Some(&spec_json(&shim.namespace, &id, &["sh", "-c", &script])));
-        busybox_rootfs(&bundle);
-        client
-            .create(
-                ctx(),
-                &CreateTaskRequest {
-                    id: id.clone(),
-                    bundle: bundle.to_string_lossy().into_owned(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
-        client
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"));
+        shim.run(&id, &["sh", "-c", &script]);
         let req = DeleteRequest {
             id: id.clone(),
             ..Default::default()
@@ -516,7 +495,7 @@ fn container_deleted_by_runc_behind_the_shims_back() {
     let text = events.stop();
     let ex = exits(&text, &id, None);
     assert_eq!(ex.len(), 1, "exits: {ex:?}");
-    assert_eq!(event_field(ex[0], "exit_status"), 137, "{}", ex[0]);
+    assert_eq!(events::field(ex[0], "exit_status"), 137, "{}", ex[0]);
     assert_clean(&c);
 }
 
@@ -656,7 +635,7 @@ fn containerd_restart_keeps_tasks_output_and_control() {
     for (id, want) in [(&a, 0), (&b, 137), (&cc, 137)] {
         let ex = exits(&text, id, None);
         assert_eq!(ex.len(), 1, "{id}: exits after the restart:\n{text}");
-        assert_eq!(event_field(ex[0], "exit_status"), want, "{id}: {}", ex[0]);
+        assert_eq!(events::field(ex[0], "exit_status"), want, "{id}: {}", ex[0]);
     }
     // A new container runs through the restarted containerd.
     let id = unique_id("after");

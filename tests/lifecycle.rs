@@ -5,7 +5,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::events::{wait_child, wait_status, Events};
+use common::events::{self, wait_child, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME, SHIM_BIN};
 use sha2::{Digest, Sha256};
 
@@ -203,11 +203,7 @@ fn events_are_published_in_order() {
     c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "true"]);
     std::thread::sleep(Duration::from_millis(500));
     let text = events.stop();
-    let topics: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(&format!("\"{id}\"")))
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
-        .collect();
+    let topics = events::topics(&text, &id);
     assert_eq!(
         topics,
         ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"],

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::events::{wait_status, Events};
+use common::events::{wait_status, Event, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use sha2::{Digest, Sha256};
 use support::procs::{self, Figures};
@@ -279,38 +279,34 @@ fn diagnose(c: &Containerd, id: &str, shim_hint: Option<u32>) -> String {
 /// its start event. `expected`: (container id, exec id or "" for init, exit status).
 fn check_exits(events: &str, expected: &[(String, String, u32)]) {
     let mut problems = Vec::new();
+    let all = common::events::parse(events);
     for (cid, exec_id, status) in expected {
-        let lines: Vec<(usize, &str)> = events
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| l.contains(&format!("\"container_id\":\"{cid}\"")))
-            .collect();
+        let evs: Vec<(usize, &Event)> = all.iter().enumerate().filter(|(_, e)| e.container() == cid).collect();
         let (start_topic, pid_id) = if exec_id.is_empty() {
             ("/tasks/start", cid.as_str())
         } else {
             ("/tasks/exec-started", exec_id.as_str())
         };
-        let is = |l: &str, topic: &str| l.split_whitespace().any(|w| w == topic);
-        let exits: Vec<&(usize, &str)> = lines
+        let exits: Vec<&(usize, &Event)> = evs
             .iter()
-            .filter(|(_, l)| is(l, "/tasks/exit") && l.contains(&format!("\"id\":\"{pid_id}\"")))
+            .filter(|(_, e)| e.topic == "/tasks/exit" && e.process() == pid_id)
             .collect();
-        let start = lines.iter().find(|(_, l)| {
-            is(l, start_topic) && (exec_id.is_empty() || l.contains(&format!("\"exec_id\":\"{exec_id}\"")))
-        });
+        let start = evs
+            .iter()
+            .find(|(_, e)| e.topic == start_topic && (exec_id.is_empty() || e.str("exec_id") == exec_id));
         if exits.len() != 1 {
             problems.push(format!("{cid}/{exec_id}: {} exit events", exits.len()));
             continue;
         }
-        let (exit_at, exit_line) = *exits[0];
+        let (exit_at, exit) = exits[0];
         match start {
             None => problems.push(format!("{cid}/{exec_id}: no {start_topic} event")),
-            Some((start_at, _)) if *start_at > exit_at => {
+            Some((start_at, _)) if start_at > exit_at => {
                 problems.push(format!("{cid}/{exec_id}: exit published before {start_topic}"))
             }
             _ => {}
         }
-        let got = support::event_field(exit_line, "exit_status");
+        let got = exit.int("exit_status");
         if got != *status as i64 {
             problems.push(format!("{cid}/{exec_id}: exit_status {got}, want {status}"));
         }

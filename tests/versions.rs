@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::events::{wait_status, Events};
+use common::events::{self, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// A containerd release to test: where its binaries are and what `ctr version` must report.
@@ -138,19 +138,16 @@ fn task_api(c: &Containerd, id: &str) -> String {
 }
 
 /// Topics of `ctr events` lines about container `id`, in order; the init's exit is "/tasks/exit(init)".
-fn topics(events: &str, id: &str) -> Vec<String> {
-    let container = format!("\"container_id\":\"{id}\"");
-    let init = format!("\"id\":\"{id}\"");
-    events
-        .lines()
-        .filter(|l| l.contains(&container))
-        .filter_map(|l| {
-            let t = l.split_whitespace().find(|w| w.starts_with("/tasks/"))?;
-            Some(if t == "/tasks/exit" && l.contains(&init) {
+fn topics(text: &str, id: &str) -> Vec<String> {
+    events::of(text, id)
+        .iter()
+        .filter(|e| e.topic.starts_with("/tasks/"))
+        .map(|e| {
+            if e.topic == "/tasks/exit" && e.process() == id {
                 "/tasks/exit(init)".to_string()
             } else {
-                t.to_string()
-            })
+                e.topic.to_string()
+            }
         })
         .collect()
 }
@@ -158,14 +155,13 @@ fn topics(events: &str, id: &str) -> Vec<String> {
 /// The first `topic` event about container `id`; for /tasks/exit, the init's (its `id` is the container's).
 fn wait_for_event(events: &Events, id: &str, topic: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let container = format!("\"container_id\":\"{id}\"");
-    let init = format!("\"id\":\"{id}\"");
     loop {
         let seen = events.peek();
-        if let Some(l) = seen.lines().find(|l| {
-            l.contains(&container) && l.contains(&format!(" {topic} ")) && (topic != "/tasks/exit" || l.contains(&init))
-        }) {
-            return l.to_string();
+        if let Some(e) = events::of(&seen, id)
+            .iter()
+            .find(|e| e.topic == topic && (topic != "/tasks/exit" || e.process() == id))
+        {
+            return e.line.to_string();
         }
         assert!(Instant::now() < deadline, "no {topic} event for {id}; events:\n{seen}");
         std::thread::sleep(Duration::from_millis(50));

@@ -1,7 +1,10 @@
-//! Helpers shared by the shim's integration tests: background ctr commands and `ctr events`.
+//! Helpers shared by the shim's integration tests: background ctr commands and `ctr events`,
+//! whose lines are read as `Event`s (the JSON part parsed), not by substring.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use super::Containerd;
 
@@ -81,4 +84,76 @@ pub fn wait_status(c: &Containerd, id: &str, status: &str) {
         assert!(Instant::now() < deadline, "task {id} never became {status}:\n{ls}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One line of `ctr events`: `<timestamp> <namespace> <topic> <event as JSON>` (the timestamp has
+/// spaces in it; the JSON is everything from the first `{`).
+pub struct Event<'a> {
+    /// The whole line, for messages.
+    pub line: &'a str,
+    pub namespace: &'a str,
+    pub topic: &'a str,
+    pub body: Value,
+}
+
+impl<'a> Event<'a> {
+    /// None for a line that is not an event with a JSON body.
+    pub fn parse(line: &'a str) -> Option<Event<'a>> {
+        let brace = line.find('{')?;
+        let body = serde_json::from_str(&line[brace..]).ok()?;
+        let mut words = line[..brace].split_whitespace().rev();
+        let topic = words.next()?;
+        let namespace = words.next()?;
+        Some(Event {
+            line,
+            namespace,
+            topic,
+            body,
+        })
+    }
+
+    /// A string field; "" when absent (protobuf's JSON omits empty fields).
+    pub fn str(&self, name: &str) -> &str {
+        self.body.get(name).and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// An integer field; 0 when absent (protobuf's JSON omits zeros).
+    pub fn int(&self, name: &str) -> i64 {
+        self.body.get(name).and_then(Value::as_i64).unwrap_or(0)
+    }
+
+    /// The container the event is about (every /tasks/ event has `container_id`).
+    pub fn container(&self) -> &str {
+        self.str("container_id")
+    }
+
+    /// For /tasks/exit: the exited process's id, the container's for its init, else the exec's.
+    pub fn process(&self) -> &str {
+        self.str("id")
+    }
+}
+
+/// Every event in `ctr events` output, in order (other lines skipped).
+pub fn parse(text: &str) -> Vec<Event<'_>> {
+    text.lines().filter_map(Event::parse).collect()
+}
+
+/// The events about container `id`, in order.
+pub fn of<'a>(text: &'a str, id: &str) -> Vec<Event<'a>> {
+    parse(text).into_iter().filter(|e| e.container() == id).collect()
+}
+
+/// The topics of the /tasks/ events about container `id`, in order.
+pub fn topics<'a>(text: &'a str, id: &str) -> Vec<&'a str> {
+    of(text, id)
+        .into_iter()
+        .map(|e| e.topic)
+        .filter(|t| t.starts_with("/tasks/"))
+        .collect()
+}
+
+/// The integer field `name` of an event line (0 when absent, as protobuf omits it, or when the
+/// line is not an event).
+pub fn field(line: &str, name: &str) -> i64 {
+    Event::parse(line).map_or(0, |e| e.int(name))
 }

@@ -61,7 +61,7 @@ pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
 const DEFAULT_BIN_DIR: &str = "/usr/bin";
 /// PATH for containerd after the shim's directory; explicit rather than
 /// inherited so runc/crun resolve to the system ones (/usr/sbin/runc).
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the shims' sockets live: containerd 1.6+ hard-codes it
 /// (`/run/containerd/s/<sha256(address/ns/id)>`), whatever `state` says.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
@@ -122,7 +122,7 @@ pub fn default_bin_dir() -> PathBuf {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // std has no geteuid(); /proc/self/status says "Uid: real effective ...".
     fs::read_to_string("/proc/self/status")
         .ok()
@@ -175,9 +175,15 @@ fn image_tar() -> &'static Path {
 
 /// Runs `cmd` with an optional stdin, collecting its output; kills it and
 /// returns Err if it has not exited within `timeout`. Pipes are drained by
-/// threads so a chatty child cannot block on a full pipe.
-fn run_with_timeout(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
+/// threads so a chatty child cannot block on a full pipe. The one bounded
+/// command runner of all the harnesses (tests/support and tests/cri use it).
+pub fn run_with_timeout(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
     run_gated(cmd, input, None, timeout)
+}
+
+/// `run_with_timeout` with no stdin.
+pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output, String> {
+    run_gated(cmd, None, None, timeout)
 }
 
 /// `run_with_timeout`, but stdin is closed (EOF) only once `close_gate`
@@ -204,32 +210,10 @@ fn run_gated(
             }
         });
     }
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            let _ = tx.send(buf);
-        });
-        rx
-    };
     let out_rx = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let err_rx = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?} did not finish within {timeout:?}; killed it"));
-            }
-            Err(e) => return Err(format!("wait {cmd:?}: {e}")),
-        }
-    };
+    let status = wait_bounded(&mut child, timeout)
+        .ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}; killed it"))?;
     // A grandchild could hold the pipes open; don't wait for it forever.
     let grace = Duration::from_secs(5);
     Ok(Output {
@@ -237,6 +221,36 @@ fn run_gated(
         stdout: out_rx.recv_timeout(grace).unwrap_or_default(),
         stderr: err_rx.recv_timeout(grace).unwrap_or_default(),
     })
+}
+
+/// Reads `r` to its end on a thread; the receiver gets everything once it is done.
+pub fn drain(r: Option<Box<dyn Read + Send>>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Waits for `child` for at most `timeout`; on timeout (or a failed wait)
+/// kills it, reaps it and returns None.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
 }
 
 pub struct Containerd {
@@ -280,7 +294,7 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config).expect("write containerd config");
 
-        let child = spawn_containerd(bin_dir, &dir);
+        let child = spawn_containerd(&bin_dir.join("containerd"), &config_path, &dir, shim_dir());
         // From here on a panic drops `c`, which cleans up.
         let mut c = Containerd {
             dir,
@@ -299,18 +313,13 @@ impl Containerd {
     /// starts the same binary on the same config, root, state and socket:
     /// an upgrade or crash as a shim sees it. Returns once it answers.
     pub fn restart(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.child = spawn_containerd(&self.bin_dir, &self.dir);
+        terminate_containerd(&mut self.child);
+        self.child = spawn_containerd(
+            &self.containerd_bin(),
+            &self.dir.join("config.toml"),
+            &self.dir,
+            shim_dir(),
+        );
         self.wait_ready();
     }
 
@@ -363,31 +372,13 @@ impl Containerd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
-            }
-            let mut cmd = Command::new(self.ctr_bin());
-            cmd.args(["--address", &self.address, "version"]);
-            if matches!(run_with_timeout(cmd, None, Duration::from_secs(5)), Ok(o) if o.status.success()) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "containerd not ready after {START_TIMEOUT:?}; log:\n{}",
-                    self.log_tail(50)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let ctr = self.ctr_bin();
+        wait_containerd_ready(&mut self.child, &ctr, &self.address, &self.dir, START_TIMEOUT);
     }
 
     /// The last `n` lines of containerd.log (shim logs end up there too).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        log_tail(&self.dir, n)
     }
 
     /// `ctr --address <sock> -n <ns> <args>`. For commands that create IO
@@ -439,12 +430,13 @@ impl Containerd {
         let mut events = self.spawn_ctr(&["events"]);
         let (tx, gate) = mpsc::channel();
         let stdout = events.stdout.take().unwrap();
-        let ids: Vec<String> = args.iter().map(|a| format!("\"container_id\":\"{a}\"")).collect();
+        let ids: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let started = line.contains("/tasks/start ") || line.contains("/tasks/exec-started ");
-                if started && ids.iter().any(|id| line.contains(id.as_str())) {
+                let Some(e) = events::Event::parse(&line) else { continue };
+                let started = e.topic == "/tasks/start" || e.topic == "/tasks/exec-started";
+                if started && ids.iter().any(|id| e.container() == id) {
                     let _ = tx.send(());
                     return;
                 }
@@ -572,14 +564,7 @@ impl Containerd {
         }
         // 2. containerd: SIGTERM, SIGKILL after 10 s.
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
+            term_then_kill(&mut self.child, Duration::from_secs(10));
         }
         let _ = self.child.wait();
         // 3. Shims outlive containerd by design; kill ours.
@@ -629,27 +614,77 @@ impl Drop for Containerd {
 
 /// `<bin_dir>/containerd --config <dir>/config.toml`, with the shim's
 /// directory first on its PATH and its output appended to containerd.log.
-fn spawn_containerd(bin_dir: &Path, dir: &Path) -> Child {
-    let bin = bin_dir.join("containerd");
+/// The directory of the shim under test, first in containerd's PATH.
+pub fn shim_dir() -> &'static Path {
+    Path::new(SHIM_BIN).parent().expect("shim binary has a directory")
+}
+
+/// Starts `containerd --config <config>` logging to `<dir>/containerd.log`, in `dir`, with PATH
+/// `<first_in_path>:SYSTEM_PATH` (where it finds the shims it starts).
+pub fn spawn_containerd(containerd: &Path, config: &Path, dir: &Path, first_in_path: &Path) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("containerd.log"))
         .expect("open containerd.log");
-    let shim_dir = Path::new(SHIM_BIN).parent().expect("shim binary has a directory");
-    Command::new(&bin)
+    Command::new(containerd)
         .arg("--config")
-        .arg(dir.join("config.toml"))
-        .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
+        .arg(config)
+        .env("PATH", format!("{}:{SYSTEM_PATH}", first_in_path.display()))
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log fd"))
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()))
+}
+
+/// Polls `<ctr> --address <address> version` until containerd answers; panics with the tail of
+/// `<dir>/containerd.log` if `child` exits first or `timeout` passes.
+pub fn wait_containerd_ready(child: &mut Child, ctr: &Path, address: &str, dir: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("containerd exited during startup ({st}); log:\n{}", log_tail(dir, 50));
+        }
+        let mut cmd = Command::new(ctr);
+        cmd.args(["--address", address, "version"]);
+        if matches!(run_bounded(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("containerd not ready after {timeout:?}; log:\n{}", log_tail(dir, 50));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM to a containerd this harness started, as systemd stops it (its shims keep running);
+/// waits up to 20 s for it to exit, else kills it and panics.
+pub fn terminate_containerd(child: &mut Child) {
+    let pid = child.id();
+    if !term_then_kill(child, Duration::from_secs(20)) {
+        panic!("containerd {pid} ignored SIGTERM for 20 s; killed it");
+    }
+}
+
+/// SIGTERM to `child`, then up to `grace` for it to exit; if it has not, kills and reaps it and
+/// returns false. Never panics (cleanup runs it while a failed test unwinds).
+pub fn term_then_kill(child: &mut Child, grace: Duration) -> bool {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    wait_bounded(child, grace).is_some()
+}
+
+/// The last `n` lines of `<dir>/containerd.log` (the shims' logs end up there too).
+pub fn log_tail(dir: &Path, n: usize) -> String {
+    let log = fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Unmounts (lazily, deepest first) everything under `dir`, then removes it.
-fn cleanup_dir(dir: &Path) {
+/// Unmounts whatever is mounted under `dir`, then removes it.
+pub fn cleanup_dir(dir: &Path) {
     for m in mounts_under(dir) {
         let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
     }
@@ -661,7 +696,10 @@ fn cleanup_dir(dir: &Path) {
 }
 
 /// Mount points at or under `dir` per /proc/self/mountinfo, deepest first.
-fn mounts_under(dir: &Path) -> Vec<String> {
+/// Mount points at or under `dir` in this mount namespace (which containerd
+/// and the shims share), deepest first: the order to unmount them in.
+/// Every harness's one reader of mountinfo.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy();
     let prefix = format!("{dir}/");
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -677,24 +715,17 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     mounts
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
+/// The kernel writes a mount point into mountinfo with exactly four bytes
+/// escaped as `\ooo`: space, tab, newline and backslash. The backslash goes
+/// last, so `\134040` (a literal `\040` in the path) stays `\040`.
 fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
-fn dir_entries(dir: &Path) -> Vec<PathBuf> {
+pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -707,14 +738,14 @@ fn cmdline(pid: u32) -> String {
     String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string()
 }
 
-/// Live (non-zombie) shim processes of the containerd at `address`: argv
-/// contains "containerd-shim" and either argv has `-address <address>`,
-/// the environment has it (TTRPC_ADDRESS=<address>.ttrpc), or the cwd is
-/// in our temp dir (shims run in their bundle dir).
-fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
+/// Live (non-zombie) shim processes of the containerd at `address`, with
+/// their argv: argv contains "containerd-shim" and either argv has
+/// `<address>`, the environment has it (TTRPC_ADDRESS=<address>.ttrpc), or
+/// the cwd is in our temp dir `dir` (shims run in their bundle dir).
+pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
     let me = std::process::id();
     let ttrpc = format!("{address}.ttrpc");
-    let mut pids = Vec::new();
+    let mut found = Vec::new();
     for e in dir_entries(Path::new("/proc")) {
         let Some(pid) = e
             .file_name()
@@ -726,35 +757,38 @@ fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
         if pid == me {
             continue;
         }
-        let argv = fs::read(e.join("cmdline")).unwrap_or_default();
-        if !contains(&argv, b"containerd-shim") {
+        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
+        let argv: Vec<String> = raw
+            .split(|&c| c == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !argv.iter().any(|a| a.contains("containerd-shim")) {
             continue; // zombies have an empty cmdline and are skipped here too
         }
         let env = fs::read(e.join("environ")).unwrap_or_default();
-        let ours = argv.split(|&c| c == 0).any(|a| a == address.as_bytes())
+        let ours = argv.iter().any(|a| a == address)
             || env
                 .split(|&c| c == 0)
                 .any(|kv| kv.ends_with(address.as_bytes()) || kv.ends_with(ttrpc.as_bytes()))
-            || fs::read_link(e.join("cwd"))
-                .map(|cwd| cwd.starts_with(dir))
-                .unwrap_or(false);
+            || fs::read_link(e.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
         if ours && !is_zombie(pid) {
-            pids.push(pid);
+            found.push((pid, argv));
         }
     }
-    pids
+    found
 }
 
-fn is_zombie(pid: u32) -> bool {
+fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
+    shim_processes(address, dir).into_iter().map(|(pid, _)| pid).collect()
+}
+
+pub fn is_zombie(pid: u32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces/parens.
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(") ")
         .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
         .unwrap_or(true)
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// `/sys/fs/cgroup/<ns>` (cgroup v2) and `/sys/fs/cgroup/<controller>/<ns>`
@@ -768,13 +802,14 @@ fn ns_cgroup_dirs(ns: &str) -> Vec<PathBuf> {
 }
 
 /// Kills every process in a cgroup tree, then removes it bottom-up.
-fn remove_cgroup_tree(cg: &Path) {
+pub fn remove_cgroup_tree(cg: &Path) {
     for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
         remove_cgroup_tree(&child);
     }
     for _ in 0..50 {
         let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<&str> = procs.split_whitespace().collect();
+        // Never pid 1, whatever a cgroup says.
+        let pids: Vec<&str> = procs.split_whitespace().filter(|p| *p != "1").collect();
         if pids.is_empty() || fs::remove_dir(cg).is_ok() {
             break;
         }
@@ -839,7 +874,7 @@ fn listening_unix_sockets() -> Vec<Vec<u8>> {
 
 /// Paths of the unix sockets that processes `pids` listen on (their fds
 /// link to "socket:[<inode>]").
-fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
+pub fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
     let listening = listening_unix();
     let mut paths = Vec::new();
     for pid in pids {

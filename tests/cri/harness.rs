@@ -12,8 +12,9 @@
 //! else), inline keys on 1.7 and 2.x (which send them as TOML in
 //! `config_body`; then no options file exists at all).
 //!
-//! Self-contained (tests/common starts containerd with CRI disabled), same
-//! ideas: everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
+//! Its own containerd (tests/common starts one with CRI disabled), built on
+//! tests/common's pieces (each test file says `mod common;` before
+//! `mod harness;`): everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
 //! tools are called with time limits, and `Drop` tears everything down also
 //! when the test panicked: containerd, our shims, the containers' cgroups,
 //! runc state, mounts, the temp dir.
@@ -28,7 +29,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -36,6 +37,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::common::{
+    cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
+    shim_processes, spawn_containerd, term_then_kill, terminate_containerd, wait_containerd_ready,
+};
 
 /// The shim under test (cargo builds it before integration tests).
 pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
@@ -50,7 +56,6 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
 
 /// Debian 12's containerd 1.6.
 const SYSTEM_BIN_DIR: &str = "/usr/bin";
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// containerd 1.6/1.7 put every shim socket here, whatever `state` says.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -221,17 +226,6 @@ pub fn serialize() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
 fn real_runc() -> Option<PathBuf> {
     [
         "/usr/sbin/runc",
@@ -244,48 +238,9 @@ fn real_runc() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
-/// Runs `cmd`, collecting its output; kills it and returns Err when it has
-/// not exited within `timeout`.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            let _ = tx.send(buf);
-        });
-        rx
-    };
-    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{cmd:?} did not finish within {timeout:?}; killed it"));
-            }
-            Err(e) => return Err(format!("wait {cmd:?}: {e}")),
-        }
-    };
-    let grace = Duration::from_secs(5);
-    Ok(Output {
-        status,
-        stdout: out.recv_timeout(grace).unwrap_or_default(),
-        stderr: err.recv_timeout(grace).unwrap_or_default(),
-    })
-}
-
 fn run_ok(cmd: Command, timeout: Duration) -> Result<String, String> {
     let desc = format!("{cmd:?}");
-    let o = run_with_timeout(cmd, timeout)?;
+    let o = run_bounded(cmd, timeout)?;
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     } else {
@@ -480,7 +435,7 @@ impl CriContainerd {
         }
 
         let containerd = release.containerd();
-        let child = spawn_containerd(&containerd, &dir);
+        let child = spawn_containerd(&containerd, &dir.join("config.toml"), &dir, &dir.join("bin"));
         // From here on a panic drops `c`, which cleans up.
         let mut c = CriContainerd {
             dir: guard.disarm(),
@@ -521,40 +476,19 @@ impl CriContainerd {
     /// `outage` and starts it again on the same config, root, state and socket; returns once it
     /// answers. What a containerd upgrade or restart is to the pods.
     pub fn restart(&mut self, outage: Duration) {
-        signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("containerd ignored SIGTERM for 20 s; killed it");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        terminate_containerd(&mut self.child);
         thread::sleep(outage);
-        self.child = spawn_containerd(&self.containerd, &self.dir);
+        self.child = spawn_containerd(
+            &self.containerd,
+            &self.dir.join("config.toml"),
+            &self.dir,
+            &self.dir.join("bin"),
+        );
         self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("containerd exited during startup ({st}); log:\n{}", self.log_tail(50));
-            }
-            let mut cmd = Command::new(&self.ctr);
-            cmd.args(["--address", &self.address, "version"]);
-            if matches!(run_with_timeout(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "containerd not ready after {START_TIMEOUT:?}; log:\n{}",
-                    self.log_tail(50)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_containerd_ready(&mut self.child, &self.ctr, &self.address, &self.dir, START_TIMEOUT);
     }
 
     /// `ctr --address <sock> <args>`; panics with the log tail on failure.
@@ -576,11 +510,11 @@ impl CriContainerd {
         let b64 = any["value"].as_str().unwrap_or_default();
         let mut cmd = Command::new("base64");
         cmd.arg("-d");
-        // run_with_timeout gives the child no stdin: decode a file.
+        // run_bounded gives the child no stdin: decode a file.
         let tmp = self.dir.join("options.b64");
         fs::write(&tmp, b64).expect("write options.b64");
         cmd.arg(&tmp);
-        let o = run_with_timeout(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let o = run_bounded(cmd, TOOL_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             o.status.success(),
             "base64 -d {b64:?}: {}",
@@ -595,9 +529,7 @@ impl CriContainerd {
 
     /// The last `n` lines of containerd.log (the shims' logs end up there).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        crate::common::log_tail(&self.dir, n)
     }
 
     /// Lines our shim logged (containerd tags them runtime=<runtime type>)
@@ -706,7 +638,7 @@ impl CriContainerd {
             let ctr = |args: &[&str]| {
                 let mut cmd = Command::new(&self.ctr);
                 cmd.args(["--address", &self.address, "-n", CRI_NAMESPACE]).args(args);
-                let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
+                let _ = run_bounded(cmd, CLEANUP_TIMEOUT);
             };
             for id in list("tasks") {
                 ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", &id]);
@@ -718,18 +650,13 @@ impl CriContainerd {
         }
         // 2. containerd: SIGTERM, SIGKILL after 10 s.
         if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
+            term_then_kill(&mut self.child, Duration::from_secs(10));
         }
         let _ = self.child.wait();
         // 3. Shims outlive containerd by design: kill ours, remove their
         //    sockets (a killed shim cannot).
         let shims = shim_processes(&self.address, &self.dir);
-        let sockets = listening_sockets_of(shims.iter().map(|(p, _)| *p));
+        let sockets = listening_sockets_of(&shims.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         for (pid, _) in &shims {
             signal(*pid, "KILL");
         }
@@ -748,7 +675,7 @@ impl CriContainerd {
                 if let Some(id) = e.file_name().and_then(|s| s.to_str()) {
                     let mut cmd = Command::new(&runc);
                     cmd.arg("--root").arg(&root).args(["delete", "-f", id]);
-                    let _ = run_with_timeout(cmd, CLEANUP_TIMEOUT);
+                    let _ = run_bounded(cmd, CLEANUP_TIMEOUT);
                 }
             }
         }
@@ -787,25 +714,6 @@ impl Drop for DirGuard {
             cleanup_dir(&dir);
         }
     }
-}
-
-/// `containerd --config <dir>/config.toml`, logging to (appending to) `<dir>/containerd.log`.
-fn spawn_containerd(containerd: &Path, dir: &Path) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("containerd.log"))
-        .expect("open containerd.log");
-    Command::new(containerd)
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .env("PATH", format!("{}:{SYSTEM_PATH}", dir.join("bin").display()))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log fd"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", containerd.display()))
 }
 
 fn set_mode(p: &Path, mode: u32) {
@@ -1036,131 +944,6 @@ fn parent_of(pid: u32) -> Option<u32> {
         .and_then(|p| p.trim().parse().ok())
 }
 
-fn dir_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn is_zombie(pid: u32) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ")
-        .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-        .unwrap_or(true)
-}
-
-/// Live shim processes (argv has "containerd-shim") of the containerd at
-/// `address`: `-address <address>` in argv, TTRPC_ADDRESS=<address>.ttrpc
-/// in the environment, or a cwd (bundle) in `dir`. With argv.
-fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
-    let ttrpc = format!("{address}.ttrpc");
-    let mut found = Vec::new();
-    for e in dir_entries(Path::new("/proc")) {
-        let Some(pid) = e
-            .file_name()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
-        let argv: Vec<String> = raw
-            .split(|&c| c == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !argv.iter().any(|a| a.contains("containerd-shim")) {
-            continue; // zombies have an empty cmdline too
-        }
-        let env = fs::read(e.join("environ")).unwrap_or_default();
-        let ours = argv.windows(2).any(|w| w[0] == "-address" && w[1] == address)
-            || env.split(|&c| c == 0).any(|kv| kv.ends_with(ttrpc.as_bytes()))
-            || fs::read_link(e.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
-        if ours && !is_zombie(pid) {
-            found.push((pid, argv));
-        }
-    }
-    found
-}
-
-/// Paths of the unix sockets that `pids` listen on.
-fn listening_sockets_of(pids: impl Iterator<Item = u32>) -> Vec<PathBuf> {
-    let table = fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    let listening: Vec<(String, String)> = table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            (c.len() >= 8 && c[3] == "00010000").then(|| (c[6].to_string(), c[7].to_string()))
-        })
-        .collect();
-    let mut paths = Vec::new();
-    for pid in pids {
-        for fd in dir_entries(Path::new(&format!("/proc/{pid}/fd"))) {
-            let Ok(target) = fs::read_link(&fd) else { continue };
-            let target = target.to_string_lossy().into_owned();
-            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
-                continue;
-            };
-            paths.extend(
-                listening
-                    .iter()
-                    .filter(|(i, _)| i == inode)
-                    .map(|(_, p)| PathBuf::from(p)),
-            );
-        }
-    }
-    paths
-}
-
-/// Mount points at or under `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy();
-    let prefix = format!("{dir}/");
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| *m == *dir || m.starts_with(&prefix))
-        .collect();
-    mounts.reverse();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
-    mounts.dedup();
-    mounts
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn cleanup_dir(dir: &Path) {
-    for m in mounts_under(dir) {
-        let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
-    }
-    if let Err(e) = fs::remove_dir_all(dir) {
-        if dir.exists() {
-            eprintln!("cri harness: could not remove {}: {e}", dir.display());
-        }
-    }
-}
-
-/// `/sys/fs/cgroup/<parent>` (v2) and `/sys/fs/cgroup/<controller>/<parent>`
-/// (v1) that exist.
 fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
     let rel = parent.trim_start_matches('/');
     let base = Path::new("/sys/fs/cgroup");
@@ -1172,28 +955,6 @@ fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
             .map(|c| c.join(rel)),
     );
     v.into_iter().filter(|p| p.is_dir()).collect()
-}
-
-/// Kills every process in a cgroup tree, then removes it bottom-up.
-fn remove_cgroup_tree(cg: &Path) {
-    for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
-        remove_cgroup_tree(&child);
-    }
-    for _ in 0..50 {
-        let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-        if procs.trim().is_empty() || fs::remove_dir(cg).is_ok() {
-            break;
-        }
-        for pid in procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-            .filter(|&p| p > 1)
-        {
-            signal(pid, "KILL");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = fs::remove_dir(cg);
 }
 
 /// Whether `p` is a unix socket.

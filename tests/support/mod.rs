@@ -18,55 +18,11 @@ pub mod restart;
 pub mod shim;
 pub mod ttrpc_raw;
 
-use std::io::Read;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// Runs `cmd` to completion with its output collected; kills it and returns Err after `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let status =
-        wait_bounded(&mut child, timeout).ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}"))?;
-    let grace = Duration::from_secs(5);
-    Ok(Output {
-        status,
-        stdout: out.recv_timeout(grace).unwrap_or_default(),
-        stderr: err.recv_timeout(grace).unwrap_or_default(),
-    })
-}
-
-/// Reads `r` to its end on a thread; the receiver gets everything once it is done.
-pub fn drain(r: Option<Box<dyn Read + Send>>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut buf);
-        }
-        let _ = tx.send(buf);
-    });
-    rx
-}
-
-/// Waits for `child` for at most `timeout`; on timeout kills it (and reaps it) and returns None.
-pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
+// The bounded command runner and its parts live in tests/common, shared by every harness.
+pub use crate::common::{drain, run_bounded, wait_bounded};
 
 /// Polls `f` every 50 ms until it returns Some, or returns None once `timeout` has passed.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -100,27 +56,4 @@ impl Drop for KillOnDrop {
 
 pub fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Lines of `ctr events` output for topic `topic` (e.g. "/tasks/exit") that mention container `id`.
-pub fn event_lines<'a>(events: &'a str, topic: &str, id: &str) -> Vec<&'a str> {
-    let needle = format!("\"container_id\":\"{id}\"");
-    events
-        .lines()
-        .filter(|l| l.split_whitespace().any(|w| w == topic) && l.contains(&needle))
-        .collect()
-}
-
-/// The integer field `"name":N` of a `ctr events` JSON payload (absent means 0, as protobuf omits it).
-pub fn event_field(line: &str, name: &str) -> i64 {
-    let key = format!("\"{name}\":");
-    line.find(&key)
-        .map(|i| {
-            line[i + key.len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '-')
-                .collect::<String>()
-        })
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::procs;
 use super::restart::{self, Restarted};
-use crate::common::events::Events;
+use crate::common::events::{self, Event, Events};
 use crate::common::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// The Go shim's figure (containerd SIGSTOPped for 40 s, 10 containers exiting): each exit
@@ -102,25 +102,28 @@ pub fn end_all(list: &[Exiting]) {
     }
 }
 
-/// Per container: (exec exits, init exits, exec before init, wrong statuses) in `events`.
-fn deliveries(events: &str, e: &Exiting) -> (usize, usize, bool, Vec<String>) {
-    let exits = super::event_lines(events, "/tasks/exit", &e.id);
-    let is_exec = |l: &str| l.contains("\"id\":\"x\"");
-    let execs: Vec<&str> = exits.iter().copied().filter(|l| is_exec(l)).collect();
-    let inits: Vec<&str> = exits.iter().copied().filter(|l| !is_exec(l)).collect();
+/// Per container: (exec exits, init exits, exec before init, wrong statuses) in `text`.
+fn deliveries(text: &str, e: &Exiting) -> (usize, usize, bool, Vec<String>) {
+    let exits: Vec<Event> = events::of(text, &e.id)
+        .into_iter()
+        .filter(|ev| ev.topic == "/tasks/exit")
+        .collect();
+    let is_exec = |ev: &Event| ev.process() == "x";
+    let execs: Vec<&Event> = exits.iter().filter(|ev| is_exec(ev)).collect();
+    let inits: Vec<&Event> = exits.iter().filter(|ev| !is_exec(ev)).collect();
     let mut wrong = Vec::new();
-    for l in &execs {
-        if super::event_field(l, "exit_status") != e.exec_status {
-            wrong.push(format!("{}: exec exit {l}", e.id));
+    for ev in &execs {
+        if ev.int("exit_status") != e.exec_status {
+            wrong.push(format!("{}: exec exit {}", e.id, ev.line));
         }
     }
-    for l in &inits {
-        if super::event_field(l, "exit_status") != e.init_status {
-            wrong.push(format!("{}: init exit {l}", e.id));
+    for ev in &inits {
+        if ev.int("exit_status") != e.init_status {
+            wrong.push(format!("{}: init exit {}", e.id, ev.line));
         }
     }
-    let first_exec = exits.iter().position(|l| is_exec(l));
-    let first_init = exits.iter().position(|l| !is_exec(l));
+    let first_exec = exits.iter().position(is_exec);
+    let first_init = exits.iter().position(|ev| !is_exec(ev));
     let ordered = matches!((first_exec, first_init), (Some(x), Some(i)) if x < i);
     (execs.len(), inits.len(), ordered, wrong)
 }

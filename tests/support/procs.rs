@@ -180,17 +180,7 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Mount points at or under `dir` (this process's mount namespace, which the shims share).
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
-        .map(String::from)
-        .collect()
-}
+pub use crate::common::mounts_under;
 
 /// Entries of a directory (empty if it does not exist), sorted.
 pub fn entries(dir: &Path) -> Vec<PathBuf> {

@@ -9,14 +9,13 @@
 //! gone and does the rest (shims, runc state, cgroups, mounts, temp dir).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::procs;
-use crate::common::{Containerd, SHIM_BIN};
+use crate::common::{shim_dir, spawn_containerd, term_then_kill, wait_containerd_ready, Containerd};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn config_path(c: &Containerd) -> PathBuf {
     c.dir.join("config.toml")
@@ -70,37 +69,15 @@ impl<'a> Restarted<'a> {
 
     /// `start`, on another config file (e.g. debug logging, another ttrpc address).
     pub fn start_with_config(c: &'a Containerd, config: &Path) -> Restarted<'a> {
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(c.dir.join("containerd.log"))
-            .expect("open containerd.log");
-        let shim_dir = Path::new(SHIM_BIN).parent().expect("shim dir");
-        let child = Command::new(CONTAINERD)
-            .arg("--config")
-            .arg(config)
-            .env("PATH", format!("{}:{}", shim_dir.display(), SYSTEM_PATH))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
+        let child = spawn_containerd(Path::new(CONTAINERD), config, &c.dir, shim_dir());
         let mut r = Restarted { c, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = r.child.try_wait() {
-                panic!("restarted containerd exited ({st}); log:\n{}", c.log_tail(40));
-            }
-            let mut cmd = Command::new("ctr");
-            cmd.args(["--address", &c.address, "version"]);
-            if matches!(super::run_bounded(cmd, Duration::from_secs(5)), Ok(o) if o.status.success()) {
-                break;
-            }
-            if Instant::now() > deadline {
-                panic!("restarted containerd not ready in 30 s; log:\n{}", c.log_tail(40));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_containerd_ready(
+            &mut r.child,
+            Path::new("ctr"),
+            &c.address,
+            &c.dir,
+            Duration::from_secs(30),
+        );
         r
     }
 
@@ -137,8 +114,7 @@ impl Drop for Restarted<'_> {
             {
                 let _ = self.ctr_quiet(&["containers", "rm", id]);
             }
-            super::signal(self.child.id(), libc::SIGTERM);
-            if super::wait_bounded(&mut self.child, Duration::from_secs(10)).is_none() {
+            if !term_then_kill(&mut self.child, Duration::from_secs(10)) {
                 eprintln!("restarted containerd ignored SIGTERM; killed it");
             }
         }
