@@ -92,13 +92,14 @@ wait_for() {
   done
   return 2
 }
+# Exits 1 (a job that failed), or FAIL_CODE when set: 3 for a job that timed out, 4 for no boot.
 fail() {
   echo "vm/run.sh: $*" >&2
   echo "--- last console lines ---" >&2
   tail -n 30 "$console" >&2 || true
   echo "--- qemu ---" >&2
   cat "$work/qemu.log" >&2 || true
-  exit 1
+  exit "${FAIL_CODE:-1}"
 }
 
 t0=$SECONDS
@@ -108,12 +109,12 @@ for try in 1 2; do
   wait_for "" "$life_timeout" && rc=0 || rc=$?
   [ $rc -eq 0 ] && break
   stop
-  [ $rc -eq 1 ] && fail "no boot: qemu exited before the kernel printed anything (accel $accel)"
-  [ $try -eq 2 ] && fail "no boot: no console output within ${life_timeout}s, twice (accel $accel)"
+  [ $rc -eq 1 ] && FAIL_CODE=4 fail "no boot: qemu exited before the kernel printed anything (accel $accel)"
+  [ $try -eq 2 ] && FAIL_CODE=4 fail "no boot: no console output within ${life_timeout}s, twice (accel $accel)"
   echo "vm/run.sh: no console output within ${life_timeout}s (accel $accel); retrying the boot once" >&2
 done
 wait_for "rustrunc-job: start" "$boot_timeout" && rc=0 || rc=$?
-[ $rc -eq 0 ] || { stop; fail "no boot: the job did not start within ${boot_timeout}s of the kernel's start"; }
+[ $rc -eq 0 ] || { stop; FAIL_CODE=4 fail "no boot: the job did not start within ${boot_timeout}s of the kernel's start"; }
 t_boot=$((SECONDS - t0))
 echo "vm/run.sh: guest up, job started after ${t_boot}s (accel $accel)"
 # Stream the job's console output until qemu exits (the job powers off) or the job times out.
@@ -124,7 +125,7 @@ while alive && [ $SECONDS -lt $end ]; do sleep 1; done
 if alive; then
   stop
   kill "$tailpid" 2>/dev/null || true
-  fail "job timed out after ${job_timeout}s"
+  FAIL_CODE=3 fail "job timed out after ${job_timeout}s"
 fi
 wait "$qpid" 2>/dev/null || true
 qpid=
