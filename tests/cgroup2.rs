@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::events::{wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use containerd_shim_rustrunc_v2::protos::shim::shim::UpdateTaskRequest;
-use containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const LONG: Duration = Duration::from_secs(60);
@@ -141,17 +140,6 @@ fn lifecycle_exec_freezer_and_kill_all() {
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
 
-/// A ttrpc client of the shim serving container `id`, found through the bundle's address file.
-fn shim_client(c: &Containerd, id: &str) -> TaskClient {
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(id);
-    let address = std::fs::read_to_string(bundle.join("address")).expect("address file");
-    TaskClient::new(ttrpc::Client::connect(address.trim()).expect("connecting to the shim"))
-}
-
 #[test]
 fn update_writes_v2_resources() {
     if skip_unless_v2() {
@@ -171,7 +159,7 @@ fn update_writes_v2_resources() {
         ..Default::default()
     };
     // ctr 1.6 has no `task update` for these: call the shim's Update directly, as containerd would.
-    shim_client(&c, &id)
+    c.shim_client(&id)
         .update(ttrpc::context::with_timeout(30_000_000_000), &req)
         .expect("Update");
     assert_eq!(read(&cg, "memory.max"), "67108864");

@@ -8,7 +8,6 @@ use std::time::Duration;
 use common::events::{self, wait_status, Events};
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use containerd_shim_rustrunc_v2::protos::shim::shim::UpdateTaskRequest;
-use containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient;
 
 /// The v1 Metrics fields read back: not on a cgroup v2 unified host.
 fn skip_unless_v1() -> bool {
@@ -98,17 +97,6 @@ fn oom_kill_is_published_before_the_exit() {
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
 
-/// A ttrpc client of the shim serving container `id`, found through the bundle's address file.
-fn shim_client(c: &Containerd, id: &str) -> TaskClient {
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(id);
-    let address = std::fs::read_to_string(bundle.join("address")).expect("address file");
-    TaskClient::new(ttrpc::Client::connect(address.trim()).expect("connecting to the shim"))
-}
-
 fn update_request(id: &str, json: &str) -> UpdateTaskRequest {
     let mut any = protobuf::well_known_types::any::Any::new();
     any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
@@ -146,7 +134,7 @@ fn update_changes_the_memory_limit() {
     };
     assert_eq!(limit(&c), Some(32 << 20));
     // ctr 1.6 has no `task update`: call the shim's Update directly, as containerd would.
-    let shim = shim_client(&c, &id);
+    let shim = c.shim_client(&id);
     shim.update(
         ttrpc::context::with_timeout(10_000_000_000),
         &update_request(&id, r#"{"memory":{"limit":67108864}}"#),

@@ -376,6 +376,20 @@ impl Containerd {
         wait_containerd_ready(&mut self.child, &ctr, &self.address, &self.dir, START_TIMEOUT);
     }
 
+    /// A ttrpc client of the shim serving container `id`, found through the bundle's address file
+    /// (for the calls ctr has no command for, such as Update).
+    pub fn shim_client(&self, id: &str) -> containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient {
+        let bundle = self
+            .dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id);
+        let address = std::fs::read_to_string(bundle.join("address")).expect("address file");
+        containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient::new(
+            ttrpc::Client::connect(address.trim()).expect("connecting to the shim"),
+        )
+    }
+
     /// The last `n` lines of containerd.log (shim logs end up there too).
     pub fn log_tail(&self, n: usize) -> String {
         log_tail(&self.dir, n)
