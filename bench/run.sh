@@ -4,10 +4,12 @@
 # Compares this shim (io.containerd.rustrunc.v2, "ours") with containerd's Go shim
 # (io.containerd.runc.v2, "go") on one private containerd: lifecycle latency and CPU, shim CPU,
 # idle memory, parallel start/teardown throughput, stdout relay throughput and CPU, exec latency,
-# TTY relay, and threads and memory under load (pending Waits, idle connections, concurrent execs). Samples are taken interleaved (go, ours, go, ours, ...) after warm-ups. Prints an
-# aligned table (median, p95, mean, ours/Go) and writes a TSV (default bench/results.tsv); the
-# containerd log and the list of failed commands are kept in DIR (default bench/logs). See
-# bench/README.md for what each figure means and how it is measured.
+# TTY relay, threads and memory under load (pending Waits, idle connections, concurrent execs), and
+# how long a container's write stalls while containerd is restarted. Samples are taken interleaved
+# (go, ours, go, ours, ...) after warm-ups. Prints an aligned table (median, p95, mean, ours/Go)
+# and writes a TSV (default bench/results.tsv); the containerd log and the list of failed commands
+# are kept in DIR (default bench/logs). See bench/README.md for what each figure means and how it is
+# measured.
 #
 # Needs root, cgroup v1 cpuacct at /sys/fs/cgroup/cpuacct, containerd + ctr + runc, Debian's
 # /usr/bin/containerd-shim-runc-v2, and target/release/containerd-shim-rustrunc-v2 (cargo build
@@ -25,11 +27,11 @@ PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 quick=0
-cases=1,2,3,4,5,6,7,8,9
+cases=1,2,3,4,5,6,7,8,9,10
 tsv=$here/results.tsv
 logdir=$here/logs
 while [ $# -gt 0 ]; do
@@ -62,6 +64,7 @@ if [ "$quick" = 1 ]; then
   TTY_W=1 TTY_N=3 TTY_MIB=8              # case 7
   DIRECT_MIB=64 DIRECT_TTY_MIB=16 DIRECT_W=1 DIRECT_N=3   # case 8
   LOAD_N=1 LOAD_WAITS=1000,5000 LOAD_IDLE=500 LOAD_EXECS=50   # case 9
+  STALL_N=1 STALL_S=5 STALL_PAD=1000     # case 10: restarts, outage seconds, bytes of padding per line
   IDLE_S=1 SETTLE_S=2 IDLE_CPU_S=2
 else
   mode=full
@@ -74,6 +77,7 @@ else
   TTY_W=1 TTY_N=5 TTY_MIB=32
   DIRECT_MIB=256 DIRECT_TTY_MIB=64 DIRECT_W=1 DIRECT_N=5
   LOAD_N=3 LOAD_WAITS=1000,5000 LOAD_IDLE=500 LOAD_EXECS=200
+  STALL_N=3 STALL_S=20 STALL_PAD=200
   IDLE_S=3 SETTLE_S=3 IDLE_CPU_S=5
 fi
 CTR_TIMEOUT=60        # seconds for any one ctr command (a hang shows up as a failure, not a stall)
@@ -140,6 +144,19 @@ pids_of_our_shims() {
   done
 }
 
+# Starts containerd again after it was stopped (case 10), the way it was started: the subreaper runs
+# the same argv (config, PATH, cgroup, log) on SIGHUP. Waits until `ctr version` answers (≤ 30 s).
+restart_containerd() {
+  local end=$((SECONDS + 30))
+  while :; do
+    # The HUP is ignored until the subreaper has reaped the old containerd: send it until one runs.
+    [ -n "$(containerd_pid)" ] || kill -HUP "$reaper_pid" 2>/dev/null
+    C version >/dev/null 2>&1 && return 0
+    [ "$SECONDS" -ge "$end" ] && return 1
+    sleep 0.1
+  done
+}
+
 kill_tree_of() { # our background client subshells and whatever they are running
   local p=$1 c
   for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do kill_tree_of "$c"; done
@@ -155,6 +172,12 @@ cleanup() {
   log "cleaning up (exit status $rc)"
   for p in "${bg_pids[@]}"; do kill_tree_of "$p"; done
   [ "${#bg_pids[@]}" -gt 0 ] && wait "${bg_pids[@]}" 2>/dev/null
+  # Stopped by case 10 and not started again (a failure in its outage): start it, so that the tasks
+  # are removed through it rather than by killing their shims.
+  if [ -n "$reaper_pid" ] && kill -0 "$reaper_pid" 2>/dev/null && [ -z "$(containerd_pid)" ]; then
+    log "containerd is stopped: starting it again for the cleanup"
+    restart_containerd || log "containerd did not come back"
+  fi
   if [ -n "$(containerd_pid)" ] && C version >/dev/null 2>&1; then
     local tasks conts
     tasks=$(C task ls -q 2>/dev/null)
@@ -795,6 +818,95 @@ load_once() { # shim sample
   wait_no_shims 60
 }
 for ((i = 0; i < LOAD_N; i++)); do for s in "${SHIMS[@]}"; do load_once "$s" "$i"; done; done
+
+fi
+
+# ---- case 10: write stall while containerd restarts ---------------------------------------------
+# One container per shim writing a timestamped line every millisecond (padded, so that the fifo and
+# the pipe fill early in the outage), each recording its longest single write; its stdout fifo read
+# by bench/lib/tools.py fiforead as ctr or CRI would. containerd is stopped (SIGTERM) with both
+# writers running, and the readers with it; after STALL_S seconds it is started again on the same
+# config (restart_containerd) and the fifos are read again, so what the shim held (ours) or what the
+# writer could not write (Go) drains. The writers stop on /stop; their output is checked line by line.
+if want 10; then
+c10="10 containerd restart, ${STALL_S} s outage"
+log "case 10: write stall during a ${STALL_S} s containerd outage, $STALL_N restart(s), both shims in each"
+# Starts once /go exists: `ctr run -d` reads the fifo itself until it exits and would take the first
+# lines. The last line says the longest write in microseconds ($EPOCHREALTIME around each echo).
+stall_script='until [ -e /go ]; do usleep 10000; done
+pad=$(head -c '"$STALL_PAD"' /dev/zero | tr "\0" x); i=0; max=0
+until [ -e /stop ]; do t0=$EPOCHREALTIME; echo "line $i $t0 $pad"; t1=$EPOCHREALTIME
+d=$(( ${t1/./} - ${t0/./} )); [ $d -gt $max ] && max=$d; i=$((i+1)); usleep 1000; done
+echo "maxstall $max lines $i"'
+declare -A stall_reader=()
+stall_read() { # shim id: (re)start the reader of the container's stdout fifo
+  local f; f=$(find "$fifodir" -name "$2-stdout" 2>/dev/null | head -1)
+  [ -n "$f" ] || { err "case 10 $1 $2: no stdout fifo"; return 1; }
+  "$PY" "$lib/tools.py" fiforead "$f" "$dir/stall-$2.out" 2>>"$errlog" &
+  stall_reader[$1]=$!; bg_pids+=($!)
+}
+stall_unread() { # shim: stop its reader; it writes out all it read first
+  [ -n "${stall_reader[$1]:-}" ] || return 0
+  kill -TERM "${stall_reader[$1]}" 2>/dev/null; wait "${stall_reader[$1]}" 2>/dev/null
+  stall_reader[$1]=
+}
+stall_once() { # sample
+  local i=$1 s id ids=() ok=() cd end r lines problems
+  for s in "${SHIMS[@]}"; do
+    id=st$i-$s; reg_id "$id"; ids+=("$id")
+    if ! C run -d --fifo-dir "$fifodir" --runtime "${RT[$s]}" "$IMG" "$id" sh -c "$stall_script" >/dev/null 2>"$dir/stderr"; then
+      err "case 10 $s $id: ctr run -d failed: $(tr '\n' ' ' <"$dir/stderr")"
+      rec_na "$c10" "longest single write" ms lower "$s" "$(na_reason "$dir/stderr")"
+      continue
+    fi
+    note_shim "$(shim_pid_of "$id")" "$s" 2>/dev/null
+    stall_read "$s" "$id" && ok+=("$s")
+  done
+  for s in "${ok[@]}"; do C task exec --exec-id go "st$i-$s" touch /go >/dev/null 2>>"$errlog" || err "case 10 $s: exec touch /go failed"; done
+  # Writing and read before the outage (a hundred lines at least).
+  for s in "${ok[@]}"; do
+    end=$((SECONDS + 60))
+    while [ "$(stat -c %s "$dir/stall-st$i-$s.out" 2>/dev/null || echo 0)" -lt $((100 * STALL_PAD)) ]; do
+      [ "$SECONDS" -ge "$end" ] && { err "case 10 $s: no output within 60 s"; break; }
+      sleep 0.05
+    done
+  done
+  cd=$(containerd_pid) || { err "case 10: containerd not found"; teardown "${ids[@]}"; return 1; }
+  kill -TERM "$cd"
+  end=$((SECONDS + 20))
+  while kill -0 "$cd" 2>/dev/null; do
+    [ "$SECONDS" -ge "$end" ] && { err "case 10: containerd ignored SIGTERM for 20 s, killed"; kill -KILL "$cd"; }
+    sleep 0.02
+  done
+  for s in "${ok[@]}"; do stall_unread "$s"; done
+  sleep "$STALL_S"   # the outage itself
+  restart_containerd || { err "case 10: containerd did not start again within 30 s"; return 1; }
+  for s in "${ok[@]}"; do stall_read "$s" "st$i-$s"; done
+  # Not checked: the pid namespace's end may SIGKILL `touch` (137) once the writer has exited.
+  for s in "${ok[@]}"; do C task exec --exec-id stop "st$i-$s" touch /stop >/dev/null 2>&1; done
+  for s in "${ok[@]}"; do
+    id=st$i-$s
+    end=$((SECONDS + 120))
+    until tail -c 4096 "$dir/stall-$id.out" 2>/dev/null | grep -q maxstall; do
+      [ "$SECONDS" -ge "$end" ] && { err "case 10 $s: no summary line within 120 s of the restart"; break; }
+      sleep 0.05
+    done
+    stall_unread "$s"
+    r=-1 lines=0 problems=-1
+    read -r r lines problems < <("$PY" "$lib/tools.py" lines "$dir/stall-$id.out")
+    if [ "$r" -lt 0 ]; then
+      rec_na "$c10" "longest single write" ms lower "$s" "no summary line, see errors log"
+    else
+      rec "$c10" "longest single write" ms lower "$s" "$(calc "$r / 1000")"
+    fi
+    rec "$c10" "lines lost or duplicated (must be 0)" count lower "$s" "$problems"
+    log "case 10 $s: longest write $(calc "$r / 1000") ms, $lines lines, $problems lost/duplicated/reordered"
+    rm -f "$dir/stall-$id.out"
+  done
+  teardown "${ids[@]}"
+  wait_no_shims 60
+}
+for ((i = 0; i < STALL_N; i++)); do stall_once "$i"; done
 
 fi
 

@@ -24,7 +24,9 @@ wall-clock time (seconds since the epoch) at which its exit was noticed.
 
 Exits with CMD's exit status once it has no children left (shims that outlive
 containerd keep it alive until they exit or are killed). SIGTERM and SIGINT
-are forwarded to CMD.
+are forwarded to CMD. SIGHUP starts CMD again if it has exited (a containerd
+restart: same argv, cgroup and session; its shims stayed our children); it is
+ignored while CMD runs.
 """
 import ctypes
 import os
@@ -52,23 +54,37 @@ def main():
             f.write(str(os.getpid()))
 
     log = open(log_path, "a", buffering=1)
-    main_pid = os.fork()
-    if main_pid == 0:
-        try:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.execvp(cmd[0], cmd)
-        finally:
-            os._exit(127)
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                os.execvp(cmd[0], cmd)
+            finally:
+                os._exit(127)
+        return pid
+
+    # main[0]: CMD's pid; main[1]: whether it still runs (a reaped pid may be reused).
+    main = [spawn(), True]
 
     def forward(signum, _frame):
-        try:
-            os.kill(main_pid, signum)
-        except ProcessLookupError:
-            pass
+        if main[1]:
+            try:
+                os.kill(main[0], signum)
+            except ProcessLookupError:
+                pass
+
+    def restart(_signum, _frame):
+        # Runs between the retries of waitid (PEP 475), in the main thread.
+        if not main[1]:
+            main[0], main[1] = spawn(), True
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, restart)
 
     main_status = 0
     while True:
@@ -99,10 +115,13 @@ def main():
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
             status = -1
+        was_main = pid == main[0] and main[1]
+        if was_main:
+            main[1] = False
         code = os.waitstatus_to_exitcode(status) if status >= 0 else -1
         log.write("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%.6f\n"
                   % (pid, fields[0], cpu_ns, fields[1], fields[2], fields[3], code, reaped_at))
-        if pid == main_pid:
+        if was_main:
             main_status = code
     return main_status if main_status >= 0 else 128 - main_status
 

@@ -19,7 +19,18 @@
       The same as "pid ns" lines, one per PID still alive.
   tools.py median
       Median of the numbers on stdin (one per line); prints nothing if none.
+  tools.py fiforead FIFO OUT
+      Reads FIFO (opened non-blocking, as a client that may come and go) and
+      appends what it reads to OUT until SIGTERM; every byte read is written
+      before it exits, so a reader stopped and started again loses nothing.
+  tools.py lines FILE
+      Checks a stall writer's output (case 10: "line N ..." lines, then
+      "maxstall US lines N"). Prints: longest_write_us lines problems, where
+      problems counts lines missing, repeated or out of order (-1 for the
+      longest write when there is no summary line).
 """
+import select
+import signal
 import fcntl
 import os
 import statistics
@@ -97,6 +108,53 @@ def cpus(pids):
             pass
 
 
+def fiforead(path, out_path):
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    while not stop:
+        try:
+            select.select([fd], [], [], 0.05)
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            continue
+        except InterruptedError:
+            continue
+        if not data:
+            time.sleep(0.01)  # no writer right now
+            continue
+        while data:
+            data = data[os.write(out, data):]
+
+
+def lines(path):
+    expect, problems, summary = 0, 0, None
+    with open(path, "rb") as f:
+        for l in f:
+            w = l.split()
+            if len(w) >= 2 and w[0] == b"line":
+                try:
+                    n = int(w[1])
+                except ValueError:
+                    problems += 1
+                    continue
+                if n != expect:
+                    # missing (n > expect) or repeated/out of order (n < expect)
+                    problems += abs(n - expect) if n > expect else 1
+                expect = max(expect, n + 1)
+            elif len(w) == 4 and w[0] == b"maxstall" and w[2] == b"lines":
+                summary = (int(w[1]), int(w[3]))
+            else:
+                problems += 1
+    if summary is None:
+        print(-1, expect, problems + 1)
+        return
+    if summary[1] != expect:
+        problems += abs(summary[1] - expect)
+    print(summary[0], expect, problems)
+
+
 def median():
     vals = [float(x) for x in sys.stdin.read().split()]
     if vals:
@@ -121,6 +179,10 @@ def main():
         cpus(args)
     elif cmd == "median":
         median()
+    elif cmd == "fiforead":
+        fiforead(args[0], args[1])
+    elif cmd == "lines":
+        lines(args[0])
     else:
         sys.stderr.write(__doc__)
         return 2
