@@ -14,6 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::events::wait_status;
+use common::writer::check;
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use support::fifo::{fifo_of, FifoReader};
 use support::restart::{self, Restarted};
@@ -35,36 +36,6 @@ struct Writer {
     /// What was read before the stop, and the reader after the restart.
     before: Vec<u8>,
     reader: Option<FifoReader>,
-}
-
-/// (longest write in µs, lines written) from the writer's last line, and the lines missing,
-/// repeated or out of order.
-fn check(out: &str) -> (u64, u64, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut expect = 0u64;
-    let mut summary = None;
-    for l in out.lines() {
-        let mut w = l.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some("line"), Some(n), _) => {
-                let n: u64 = n.parse().unwrap_or(u64::MAX);
-                if n != expect {
-                    problems.push(format!("line {n} where {expect} was expected"));
-                }
-                expect = n.saturating_add(1);
-            }
-            (Some("maxstall"), Some(us), Some("lines")) => {
-                summary = Some((us.parse().unwrap_or(u64::MAX), w.next().and_then(|n| n.parse().ok())));
-            }
-            _ => problems.push(format!("unexpected line {:?}", &l[..l.len().min(80)])),
-        }
-    }
-    let (stall, lines) = summary.unwrap_or((u64::MAX, None));
-    if lines != Some(expect) {
-        problems.push(format!("{expect} lines read, the writer says {lines:?}"));
-    }
-    problems.truncate(10);
-    (stall, expect, problems)
 }
 
 fn outage(outage: Duration, pad: usize, with_go: bool) {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::writer::check;
 use harness::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, HANDLER, PAUSE_IMAGE};
 
 /// As tests/buffering.rs's writer: `@PAD@` bytes of padding per line fill the fifo and the pipe
@@ -62,35 +63,6 @@ fn cri_log_text(path: &Path) -> String {
         }
     }
     out
-}
-
-/// (longest write in µs, lines, problems: lines missing, repeated or out of order).
-fn check(out: &str) -> (u64, u64, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut expect = 0u64;
-    let mut summary = None;
-    for l in out.lines() {
-        let mut w = l.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some("line"), Some(n), _) => {
-                let n: u64 = n.parse().unwrap_or(u64::MAX);
-                if n != expect {
-                    problems.push(format!("line {n} where {expect} was expected"));
-                }
-                expect = n.saturating_add(1);
-            }
-            (Some("maxstall"), Some(us), Some("lines")) => {
-                summary = Some((us.parse().unwrap_or(u64::MAX), w.next().and_then(|n| n.parse().ok())));
-            }
-            _ => problems.push(format!("unexpected line {:?}", &l[..l.len().min(80)])),
-        }
-    }
-    let (stall, lines) = summary.unwrap_or((u64::MAX, None));
-    if lines != Some(expect) {
-        problems.push(format!("{expect} lines in the log, the writer says {lines:?}"));
-    }
-    problems.truncate(10);
-    (stall, expect, problems)
 }
 
 struct Pod {

@@ -34,6 +34,7 @@
 #![allow(dead_code)] // each test file uses a different part of the API
 
 pub mod events;
+pub mod writer;
 
 use std::fs;
 use std::io::{Read, Write};
