@@ -2,7 +2,8 @@
 //! [`MAX_WORKERS`] threads, whatever the load. One worker is started up front and never ends, so the
 //! pool can always make progress even where no thread can be created any more (a `pids.max` reached);
 //! the others start when work waits and no worker is idle, and end after [`WORKER_IDLE`] without work.
-//! Nothing waits on a client here: a request that waits for an event is parked (see `server.rs`).
+//! A request that waits for an event is parked instead (Wait, see `server.rs`); what still waits on a
+//! worker is bounded: a Kill for a Start in progress, a Delete for its output to drain (10 s each).
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, OnceLock};

@@ -13,6 +13,17 @@ pub struct Figures {
     pub fds: usize,
 }
 
+impl Figures {
+    /// The larger of each figure.
+    fn max(self, other: Figures) -> Figures {
+        Figures {
+            threads: self.threads.max(other.threads),
+            rss_kib: self.rss_kib.max(other.rss_kib),
+            fds: self.fds.max(other.fds),
+        }
+    }
+}
+
 impl fmt::Display for Figures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -231,14 +242,7 @@ pub fn peak(pid: u32, samples: usize, every: Duration) -> Option<Figures> {
             std::thread::sleep(every);
         }
         let f = figures(pid)?;
-        top = Some(match top {
-            None => f,
-            Some(t) => Figures {
-                threads: t.threads.max(f.threads),
-                rss_kib: t.rss_kib.max(f.rss_kib),
-                fds: t.fds.max(f.fds),
-            },
-        });
+        top = Some(top.map_or(f, |t| t.max(f)));
     }
     top
 }
@@ -258,14 +262,7 @@ impl Sampler {
             let mut top: Option<Figures> = None;
             while !s.load(Ordering::SeqCst) {
                 if let Some(f) = peak(pid, 1, every) {
-                    top = Some(match top {
-                        None => f,
-                        Some(t) => Figures {
-                            threads: t.threads.max(f.threads),
-                            rss_kib: t.rss_kib.max(f.rss_kib),
-                            fds: t.fds.max(f.fds),
-                        },
-                    });
+                    top = Some(top.map_or(f, |t| t.max(f)));
                 }
                 std::thread::sleep(every);
             }
