@@ -35,6 +35,9 @@ struct Inner {
     state: State,
     pid: u32,
     exit: Option<ExitInfo>,
+    /// Set when a start failed before the process ran: every Wait is answered with it while the
+    /// process stays created (the Go shim closes the exec's wait channel on that path).
+    failed_start: Option<ExitInfo>,
     waiters: Vec<Waiter>,
 }
 
@@ -81,6 +84,7 @@ impl Process {
                 state: State::Created,
                 pid: 0,
                 exit: None,
+                failed_start: None,
                 waiters: Vec::new(),
             }),
             exited: Condvar::new(),
@@ -257,7 +261,7 @@ impl Process {
     /// [`NEVER_RAN`]. `f` must not block.
     pub fn on_exit(&self, conn: u64, f: Box<dyn FnOnce(ExitInfo) + Send>) {
         let mut g = self.lock();
-        let now = match (g.exit, g.state) {
+        let now = match (g.exit.or(g.failed_start), g.state) {
             (Some(e), _) => e,
             (None, State::Deleted) => NEVER_RAN,
             _ => return g.waiters.push((conn, f)),
@@ -310,19 +314,21 @@ impl Transition<'_> {
     }
 
     /// A start that failed before the process ran (an exec whose `runc exec` failed): the process
-    /// stays created, as the Go shim's does, and its waiters are answered (255): it will not run
-    /// from this start, and containerd waits for it before it reports the failure.
+    /// stays created, as the Go shim's does, and its waiters, now and later, are answered (255): it
+    /// will not run from this start, and containerd waits for it before it reports the failure.
     pub fn failed_to_run(mut self) {
         self.done = true;
         let _ = self.p.end_transition(false, self.back);
-        let waiters = std::mem::take(&mut self.p.lock().waiters);
-        release(
-            waiters,
-            ExitInfo {
-                status: 255,
-                at: SystemTime::now(),
-            },
-        );
+        let failed = ExitInfo {
+            status: 255,
+            at: SystemTime::now(),
+        };
+        let waiters = {
+            let mut g = self.p.lock();
+            g.failed_start = Some(failed);
+            std::mem::take(&mut g.waiters)
+        };
+        release(waiters, failed);
     }
 }
 
@@ -414,6 +420,12 @@ mod tests {
         assert_eq!(p.state(), State::Created);
         assert_eq!(p.status(), Status::CREATED);
         assert!(p.exit().is_none());
+        // A Wait that comes after the failure is answered too, at once (containerd's
+        // TestIssue10589 reads the exec's state and waits for it after its start failed).
+        let (tx, rx) = std::sync::mpsc::channel();
+        p.on_exit(2, Box::new(move |e| tx.send(e.status).unwrap()));
+        assert_eq!(rx.try_recv().unwrap(), 255);
+        assert_eq!(p.waiters(), 0);
     }
 
     #[test]

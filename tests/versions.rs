@@ -431,6 +431,137 @@ fn restart(r: Release) {
     assert_clean(&c);
 }
 
+/// containerd's TestIssue10589, through ctr: exec1 is held inside `runc exec` while the test kills init;
+/// exec2 is made after the kill and held too; both are let go, their starts fail (the init is gone).
+/// Both execs stay created (Go shim: `execCreatedState.Start` fails before its transition), their Waits
+/// are answered, and the task ends stopped with one init exit.
+fn exec_start_failing_after_init_killed(r: Release) {
+    let Some(c) = start(&r) else { return };
+    let id = unique_id("i10589");
+    let hold = c.dir.join(format!("{id}-hold"));
+    std::fs::create_dir_all(&hold).unwrap();
+    let h = hold.display();
+    // runc, except that `runc exec` of `sleep 301` (exec1) or `sleep 302` (exec2) says so in
+    // NAME.ready and waits for NAME.go (2 minutes at most, so nothing outlives a failed test long).
+    let script = hold.join("runc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprev=; spec=\n\
+             for a in \"$@\"; do [ \"$prev\" = --process ] && spec=$a; prev=$a; done\n\
+             if [ -n \"$spec\" ]; then for n in 1 2; do\n\
+             if grep -q '\"30'$n'\"' \"$spec\"; then\n\
+             : > {h}/exec$n.ready; i=0\n\
+             while [ ! -e {h}/exec$n.go ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done\n\
+             fi; done; fi\nexec /usr/sbin/runc \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let toml = hold.join("options.toml");
+    std::fs::write(&toml, format!("BinaryName = \"{}\"\n", script.display())).unwrap();
+    /// Lets every held `runc exec` go, also when the test fails half-way.
+    struct Release<'a>(&'a Path);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            for n in ["exec1.go", "exec2.go"] {
+                let _ = std::fs::write(self.0.join(n), b"");
+            }
+        }
+    }
+    let _release = Release(&hold);
+    let ready = |n: &str, exec: &mut std::process::Child| -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if hold.join(format!("{n}.ready")).exists() {
+                return true;
+            }
+            if let Ok(Some(_)) = exec.try_wait() {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "{n} never reached runc exec");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let finish = |n: &str, mut exec: std::process::Child| {
+        let st = common::wait_bounded(&mut exec, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("`ctr task exec` of {n} did not return"));
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = exec.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(!st.success(), "{n} started in a container whose init was killed");
+        eprintln!("{n}: start failed as it should: {}", err.trim());
+    };
+
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        &toml.to_string_lossy(),
+        IMAGE,
+        &id,
+        "sleep",
+        "inf",
+    ]);
+    wait_status(&c, &id, "RUNNING");
+    let events = Events::start(&c);
+    // --detach: ctr neither waits for nor deletes the exec, so the test can read its state after.
+    let exec = |n: &str, arg: &str| c.spawn_ctr(&["task", "exec", "--detach", "--exec-id", n, &id, "sleep", arg]);
+    let mut exec1 = exec("exec1", "301");
+    assert!(ready("exec1", &mut exec1), "exec1 ended before runc exec");
+    let pid = task_pid(&c, &id);
+    let killed = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    assert!(killed.success(), "kill -KILL {pid}");
+    let mut exec2 = exec("exec2", "302");
+    let exec2_ran = ready("exec2", &mut exec2);
+    std::fs::write(hold.join("exec1.go"), b"").unwrap();
+    finish("exec1", exec1);
+    if exec2_ran {
+        std::fs::write(hold.join("exec2.go"), b"").unwrap();
+    }
+    finish("exec2", exec2);
+
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{StateRequest, WaitRequest};
+    use containerd_shim_rustrunc_v2::protos::shim::task::Status;
+    let shim = c.shim_client(&id);
+    let ctx = || ttrpc::context::with_timeout(10_000_000_000);
+    for n in ["exec1", "exec2"] {
+        let req = StateRequest {
+            id: id.clone(),
+            exec_id: n.into(),
+            ..Default::default()
+        };
+        let st = shim
+            .state(ctx(), &req)
+            .unwrap_or_else(|e| panic!("State of {n}: {e:?}"));
+        assert_eq!(
+            st.status.enum_value(),
+            Ok(Status::CREATED),
+            "{n} (TestIssue10589 wants created)"
+        );
+        let req = WaitRequest {
+            id: id.clone(),
+            exec_id: n.into(),
+            ..Default::default()
+        };
+        shim.wait(ctx(), &req)
+            .unwrap_or_else(|e| panic!("the Wait of {n}, whose start failed, was not answered: {e:?}"));
+    }
+    wait_status(&c, &id, "STOPPED");
+    let exit = wait_for_event(&events, &id, "/tasks/exit");
+    assert!(exit.contains("\"exit_status\":137"), "{exit}");
+    drop(shim);
+    c.ctr_ok(&["task", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    let seen = events.peek();
+    let inits = topics(&seen, &id).iter().filter(|t| *t == "/tasks/exit(init)").count();
+    assert_eq!(inits, 1, "one exit of the init; events:\n{seen}");
+    assert_clean(&c);
+}
+
 macro_rules! release_tests {
     ($($m:ident => $release:expr;)*) => {$(
         mod $m {
@@ -445,6 +576,10 @@ macro_rules! release_tests {
             #[test]
             fn restart() {
                 super::restart($release);
+            }
+            #[test]
+            fn exec_start_failing_after_init_killed() {
+                super::exec_start_failing_after_init_killed($release);
             }
         }
     )*};
@@ -472,5 +607,6 @@ fn extra_bin_dirs() {
         lifecycle(r());
         tty(r());
         restart(r());
+        exec_start_failing_after_init_killed(r());
     }
 }

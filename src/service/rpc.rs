@@ -147,6 +147,9 @@ impl Service {
     fn start_exec(&self, c: &Arc<Container>, p: &Arc<Process>) -> Result<StartResponse> {
         let start = p.begin_start()?;
         if !lock(&self.lifecycle).exec_starting(&c.id) {
+            // It can never run now: its Waits are answered rather than left parked for good (the
+            // Go shim leaves them blocked); it stays created.
+            start.failed_to_run();
             return Err(Error::FailedPrecondition(format!(
                 "container {} init process is not running",
                 c.id

@@ -367,6 +367,7 @@ fn a_failed_exec_start_leaves_the_exec_created_and_answers_its_wait() {
     let init = s.create("c").unwrap();
     s.start("c", "").unwrap();
     s.exec("c", "e1").unwrap();
+    s.exec("c", "e2").unwrap();
     let svc = Arc::downgrade(&s.svc);
     s.fake.on(
         "exec",
@@ -383,8 +384,21 @@ fn a_failed_exec_start_leaves_the_exec_created_and_answers_its_wait() {
     let (_, e1) = s.svc.process("c", "e1").unwrap();
     assert_eq!(e1.status(), crate::protos::shim::task::Status::CREATED);
     // Init's exit, held for the exec being started, is released by its failure.
-    assert_eq!(s.events(), ["create", "start", "exec-added", "exit c 137"]);
+    assert_eq!(
+        s.events(),
+        ["create", "start", "exec-added", "exec-added", "exit c 137"]
+    );
+    // A Wait after the failure is answered too.
+    assert_eq!(s.wait("c", "e1").recv_timeout(Duration::from_secs(10)).unwrap(), 255);
+    // e2, started after init's exit: refused before runc, stays created, its Waits answered.
+    let wait = s.wait("c", "e2");
+    let refused = s.start("c", "e2");
+    assert!(matches!(refused, Err(Error::FailedPrecondition(_))), "{refused:?}");
+    assert_eq!(wait.recv_timeout(Duration::from_secs(10)).unwrap(), 255);
+    let (_, e2) = s.svc.process("c", "e2").unwrap();
+    assert_eq!(e2.status(), crate::protos::shim::task::Status::CREATED);
     s.delete("c", "e1").unwrap();
+    s.delete("c", "e2").unwrap();
 }
 
 #[test]
