@@ -175,15 +175,27 @@ impl Publisher {
         self.queue.len.load(Ordering::Relaxed)
     }
 
-    /// Queues an event; events are delivered in the order of these calls.
+    /// Queues an event; events are delivered in the order of these calls. Waits while the queue
+    /// is full.
     pub fn publish<M: Named>(&self, topic: &str, event: &M) {
+        self.queue_event(topic, event, true)
+    }
+
+    /// As [`Publisher::publish`], but never waits: for the event loop's thread (OOM events), which
+    /// must not block, or nothing else is served until containerd comes back. Such events may go
+    /// past [`QUEUE_MAX`]; they come at the rate the kernel OOM-kills, one per wake-up per container.
+    pub fn publish_nowait<M: Named>(&self, topic: &str, event: &M) {
+        self.queue_event(topic, event, false)
+    }
+
+    fn queue_event<M: Named>(&self, topic: &str, event: &M, wait: bool) {
         let mut env = Envelope::new();
         env.timestamp = Some(timestamp(SystemTime::now())).into();
         env.namespace = self.namespace.clone();
         env.topic = topic.to_string();
         env.event = Some(to_any(event)).into();
         log::debug!("event {topic}");
-        if self.queue.len.load(Ordering::Acquire) >= QUEUE_MAX {
+        if wait && self.queue.len.load(Ordering::Acquire) >= QUEUE_MAX {
             log::warn!("{QUEUE_MAX} events wait for containerd: waiting to queue {topic}");
             let mut g = crate::lock::lock(&self.queue.lock);
             while self.queue.len.load(Ordering::Acquire) >= QUEUE_MAX {
@@ -718,10 +730,21 @@ pub mod tests {
         let extra = std::thread::spawn(move || q.publish("/tasks/exit", &TaskExit::new()));
         std::thread::sleep(Duration::from_millis(200));
         assert!(!extra.is_finished(), "the queue is full: the publisher waits");
+        // The event loop's publisher does not wait, and its event is kept.
+        let q = p.clone();
+        let from_loop = std::thread::spawn(move || q.publish_nowait("/tasks/oom", &TaskExit::new()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !from_loop.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "publish_nowait waited on a full queue"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         release.send(()).unwrap();
         extra.join().unwrap();
         assert!(p.flush(Duration::from_secs(30)));
-        assert_eq!(seen.load(Ordering::SeqCst), QUEUE_MAX + 1);
+        assert_eq!(seen.load(Ordering::SeqCst), QUEUE_MAX + 2);
     }
 
     #[test]

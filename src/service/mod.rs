@@ -107,7 +107,8 @@ impl Service {
             &relay,
             Box::new(move |id: &str| {
                 log::info!("container {id}: OOM kill");
-                publisher.publish(
+                // Called on the event loop's thread (the OOM watch), which must never wait.
+                publisher.publish_nowait(
                     "/tasks/oom",
                     &ev::TaskOOM {
                         container_id: id.to_string(),
