@@ -13,8 +13,7 @@
 //! per write, for at most a millisecond of delay on a busy stream. The pipes are large enough (1 MiB)
 //! that the writer does not block meanwhile below about 1 GB/s. A stream that finds its source empty
 //! goes back to being woken by the next write. A console is never deferred: a pty master holds about
-//! 4 KiB for its reader (n_tty's buffer), so waiting a millisecond stalls the writer; deferring
-//! consoles made TTY output 30 % slower than the Go shim's with a fast reader.
+//! 4 KiB for its reader (n_tty's buffer), so waiting a millisecond stalls the writer.
 //!
 //! An output stream given a [`Buffering`] does not pass its destination's back-pressure on to the
 //! container: when the destination is full (containerd away, a client or logger not reading), the
