@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use containerd_shim_rustrunc_v2::frame;
 use containerd_shim_rustrunc_v2::protos::shim::shim::*;
 use support::load::{
     park_waits, peak_line, wrong_wait_answers, Parked, BACKLOG_ANSWERS, MAX_RSS_KIB_UNDER_BACKLOG, MAX_THREADS,
@@ -398,26 +399,21 @@ fn unread_answers_stop_the_reading() {
     let reading = Instant::now();
     let mut buf = std::io::BufReader::with_capacity(1 << 20, reader);
     while seen.len() < UNREAD_REQUESTS {
-        use std::io::Read;
-        let mut h = [0u8; 10];
-        if let Err(e) = buf.read_exact(&mut h) {
-            bad.push(format!("after {} answers: {e}", seen.len()));
-            break;
-        }
-        let len = u32::from_be_bytes(h[0..4].try_into().unwrap()) as usize;
-        let sid = u32::from_be_bytes(h[4..8].try_into().unwrap());
-        let mut p = vec![0u8; len];
-        if let Err(e) = buf.read_exact(&mut p) {
-            bad.push(format!("short answer on stream {sid}: {e}"));
-            break;
-        }
-        let ok = h[8] == TYPE_RESPONSE && support::ttrpc_raw::decode_response(&p).is_some_and(|r| r.code == 0);
+        let (h, p) = match frame::read(&mut buf) {
+            Ok(f) => f,
+            Err(e) => {
+                bad.push(format!("after {} answers: {e}", seen.len()));
+                break;
+            }
+        };
+        let sid = h.stream_id;
+        let ok = h.type_ == TYPE_RESPONSE && support::ttrpc_raw::decode_response(&p).is_some_and(|r| r.code == 0);
         let first = seen.insert(sid);
         let known = sid % 2 == 1 && (sid as usize) < 2 * UNREAD_REQUESTS;
         if (!ok || !known || !first) && bad.len() < 5 {
             bad.push(format!(
                 "stream {sid}: type {}, status ok {ok}, a stream we sent {known}, first answer {first}",
-                h[8]
+                h.type_
             ));
         }
     }
