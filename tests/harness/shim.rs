@@ -18,7 +18,7 @@ use containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient;
 
 use super::procs::{self, Figures};
 use super::ttrpc_raw::Conn;
-use crate::common::SHIM_BIN;
+use super::SHIM_BIN;
 
 static N: AtomicUsize = AtomicUsize::new(0);
 

@@ -1,4 +1,4 @@
-//! Harness of the CRI integration test (tests/cri.rs): a private containerd
+//! The CRI layer (tests/cri.rs, tests/cri_buffering.rs): a private containerd
 //! with the CRI plugin on, our shim registered as runtime handler
 //! `rustrunc`, the busybox and pause images imported into `k8s.io`, and a
 //! CRI client (tests/cri/cri_client.py, Python + grpcio in a venv made by
@@ -12,9 +12,8 @@
 //! else), inline keys on 1.7 and 2.x (which send them as TOML in
 //! `config_body`; then no options file exists at all).
 //!
-//! Its own containerd (tests/common starts one with CRI disabled), built on
-//! tests/common's pieces (each test file says `mod common;` before
-//! `mod harness;`): everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
+//! Its own containerd (the containerd layer starts one with CRI disabled),
+//! built on the host and containerd layers' pieces: everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
 //! tools are called with time limits, and `Drop` tears everything down also
 //! when the test panicked: containerd, our shims, the containers' cgroups,
 //! runc state, mounts, the temp dir.
@@ -23,14 +22,13 @@
 //! argv has `-address <our socket>`, sockets in /run/containerd/s named
 //! after that address, the runc root `<dir>/runc` (the runtime options file
 //! sets it), and the pods' cgroup parent `/rustrunc-cri-<pid>-<n>`.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,19 +36,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{
+use super::{
     cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
     shim_processes, spawn_containerd, term_then_kill, terminate_containerd, wait_containerd_ready,
 };
 
-/// The shim under test (cargo builds it before integration tests).
-pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
+pub use super::SHIM_BIN;
 pub const SHIM_NAME: &str = "containerd-shim-rustrunc-v2";
 /// The CRI runtime handler that test-fixtures/cri-config.toml.in registers.
 pub const HANDLER: &str = "rustrunc";
 /// CRI keeps everything in this containerd namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
-pub const BUSYBOX_IMAGE: &str = "docker.io/library/rustrunc-busybox:latest";
+pub const BUSYBOX_IMAGE: &str = super::IMAGE;
 /// The config's sandbox_image (test-fixtures/pause/).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
 
@@ -65,8 +62,6 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest a single CRI call may take before the test gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -337,7 +332,7 @@ impl CriContainerd {
             registration == Registration::OwnType || flavor == Flavor::V2,
             "runtime_path is containerd 2.x's; this is {version}"
         );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = super::next_n();
         let tag = format!("{}-{}", std::process::id(), n);
         // Short: the socket path must fit in sun_path (108 bytes).
         let dir = PathBuf::from(format!("/tmp/rrc-{tag}"));
@@ -529,7 +524,7 @@ impl CriContainerd {
 
     /// The last `n` lines of containerd.log (the shims' logs end up there).
     pub fn log_tail(&self, n: usize) -> String {
-        crate::common::log_tail(&self.dir, n)
+        super::log_tail(&self.dir, n)
     }
 
     /// Lines our shim logged (containerd tags them runtime=<runtime type>)

@@ -191,7 +191,7 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-pub use crate::common::mounts_under;
+pub use super::mounts_under;
 
 /// Entries of a directory (empty if it does not exist), sorted.
 pub fn entries(dir: &Path) -> Vec<PathBuf> {
