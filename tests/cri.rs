@@ -181,14 +181,9 @@ fn extra_bin_dirs() {
 /// The whole pod life on `release`'s containerd; skips (with the reason
 /// printed) when the release or the Python client cannot be had.
 fn pod_runs_on_one_shim_and_leaves_nothing(release: Release, registration: Registration) {
-    if let Some(reason) = harness::cri::unsupported(&release) {
-        return harness::cri::skip(&reason);
-    }
-    let py = match harness::cri::python_env() {
-        Ok(py) => py,
-        Err(reason) => return harness::cri::skip(&reason),
+    let Some((py, _one_at_a_time)) = harness::cri::prepare(&release) else {
+        return;
     };
-    let _one_at_a_time = harness::cri::serialize();
     let started = Instant::now();
     let c = CriContainerd::start_as(&release, registration);
     let mut cri = c.client(&py);

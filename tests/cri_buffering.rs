@@ -71,14 +71,9 @@ struct Pod {
 
 fn outage(outage: Duration, pad: usize) {
     let release = Release::system();
-    if let Some(reason) = harness::cri::unsupported(&release) {
-        return harness::cri::skip(&reason);
-    }
-    let py = match harness::cri::python_env() {
-        Ok(py) => py,
-        Err(reason) => return harness::cri::skip(&reason),
+    let Some((py, _one_at_a_time)) = harness::cri::prepare(&release) else {
+        return;
     };
-    let _one_at_a_time = harness::cri::serialize();
     let mut c = CriContainerd::start(&release);
     let mut cri = c.client(&py);
     cri.wait_image(PAUSE_IMAGE);

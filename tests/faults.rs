@@ -1012,28 +1012,15 @@ fn create_start_wait(
     bundle: &Path,
     stdout: &Path,
 ) -> Result<u32, String> {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest, WaitRequest};
-    use harness::shim::ctx;
-    client
-        .create(
-            ctx(),
-            &CreateTaskRequest {
-                id: id.into(),
-                bundle: bundle.to_string_lossy().into_owned(),
-                stdout: stdout.to_string_lossy().into_owned(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("Create: {e:?}"))?;
-    client
-        .start(
-            ctx(),
-            &StartRequest {
-                id: id.into(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("Start: {e:?}"))?;
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, WaitRequest};
+    use harness::shim::{create_start, ctx};
+    let req = CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        stdout: stdout.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    create_start(client, req)?;
     client
         .wait(
             ctx(),

@@ -810,10 +810,8 @@ fn thousand_execs_keep_the_shim_flat() {
 #[test]
 #[ignore = "stress: 200 TTY processes through a shim started by hand (make stress)"]
 fn tty_output_is_complete_at_the_shim() {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{
-        CreateTaskRequest, DeleteRequest, StartRequest, WaitRequest,
-    };
-    use harness::shim::{busybox_rootfs, ctx, tty_spec_json, DirectShim};
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, DeleteRequest, WaitRequest};
+    use harness::shim::{busybox_rootfs, create_start, ctx, tty_spec_json, DirectShim};
     use std::os::unix::fs::OpenOptionsExt;
     if harness::skip_if_unsupported() {
         return;
@@ -842,27 +840,14 @@ fn tty_output_is_complete_at_the_shim() {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        client
-            .create(
-                ctx(),
-                &CreateTaskRequest {
-                    id: id.clone(),
-                    bundle: bundle.to_string_lossy().into_owned(),
-                    terminal: true,
-                    stdout: fifo.to_string_lossy().into_owned(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
-        client
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"));
+        let req = CreateTaskRequest {
+            id: id.clone(),
+            bundle: bundle.to_string_lossy().into_owned(),
+            terminal: true,
+            stdout: fifo.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        create_start(&client, req).unwrap_or_else(|e| panic!("{id}: {e}"));
         // Until EOF: the shim closes its end once the terminal is drained after the exit.
         let mut text = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -62,7 +62,7 @@ const DEFAULT_BIN_DIR: &str = "/usr/bin";
 pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the shims' sockets live: containerd 1.6+ hard-codes it
 /// (`/run/containerd/s/<sha256(address/ns/id)>`), whatever `state` says.
-const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// A ctr command that takes longer than this is hung: kill it and fail.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(20);

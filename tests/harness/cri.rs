@@ -53,8 +53,7 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
 
 /// Debian 12's containerd 1.6.
 const SYSTEM_BIN_DIR: &str = "/usr/bin";
-/// containerd 1.6/1.7 put every shim socket here, whatever `state` says.
-const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+use super::SHIM_SOCKET_DIR;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -219,6 +218,22 @@ pub fn unsupported(release: &Release) -> Option<String> {
 pub fn serialize() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What every CRI test does first: `release` usable here, the Python client, and this process's
+/// one-at-a-time lock. None, the reason printed, when the test should just return.
+pub fn prepare(release: &Release) -> Option<(PythonEnv, std::sync::MutexGuard<'static, ()>)> {
+    if let Some(reason) = unsupported(release) {
+        skip(&reason);
+        return None;
+    }
+    match python_env() {
+        Ok(py) => Some((py, serialize())),
+        Err(reason) => {
+            skip(&reason);
+            None
+        }
+    }
 }
 
 fn real_runc() -> Option<PathBuf> {
@@ -653,7 +668,7 @@ impl CriContainerd {
         let shims = shim_processes(&self.address, &self.dir);
         let sockets = listening_sockets_of(&shims.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         for (pid, _) in &shims {
-            signal(*pid, "KILL");
+            super::signal(*pid, libc::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !shim_processes(&self.address, &self.dir).is_empty() && Instant::now() < deadline {
@@ -714,13 +729,6 @@ impl Drop for DirGuard {
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// The Python CRI client (tests/cri/cri_client.py), one JSON line per call.
