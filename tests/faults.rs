@@ -869,14 +869,7 @@ fn cgroup_procs(cg: &Path) -> Vec<String> {
 
 /// Container cgroups `/<ns>/<id>` (any controller) that exist.
 fn container_cgroups(c: &Containerd, id: &str) -> Vec<PathBuf> {
-    let base = Path::new("/sys/fs/cgroup");
-    let mut v = vec![base.join(&c.namespace).join(id)];
-    v.extend(
-        procs::entries(base)
-            .into_iter()
-            .map(|ctl| ctl.join(&c.namespace).join(id)),
-    );
-    v.into_iter().filter(|p| p.is_dir()).collect()
+    harness::cgroup_dirs(&format!("{}/{id}", c.namespace))
 }
 
 #[test]

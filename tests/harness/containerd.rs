@@ -33,7 +33,6 @@
 //! and bash + test-fixtures/build-image.sh to make the image.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +43,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::host::*;
+use super::procs;
 
 /// The busybox image imported into every containerd (built by
 /// test-fixtures/build-image.sh).
@@ -85,15 +85,7 @@ pub fn skip_if_unsupported() -> bool {
             .find(|p| !p.exists())
             .map(|p| format!("{} is missing (run scripts/install-deps.sh)", p.display()))
     };
-    match reason {
-        Some(r) => {
-            // Straight to fd 2: the test harness captures print!/eprint!
-            // output of passing tests, and a skip should be visible.
-            let _ = writeln!(std::io::stderr(), "skipped: {r}");
-            true
-        }
-        None => false,
-    }
+    reason.inspect(|r| skip(r)).is_some()
 }
 
 /// The directory of containerd and ctr for `Containerd::start`.
@@ -444,7 +436,7 @@ impl Containerd {
         for e in dir_entries(&bundles) {
             found.push(format!("bundle dir {}", e.display()));
         }
-        for cg in ns_cgroup_dirs(&self.namespace) {
+        for cg in cgroup_dirs(&self.namespace) {
             for e in dir_entries(&cg).into_iter().filter(|e| e.is_dir()) {
                 found.push(format!("cgroup {}", e.display()));
             }
@@ -502,7 +494,7 @@ impl Containerd {
             let _ = fs::remove_dir_all(&e);
         }
         let _ = fs::remove_dir(&root);
-        for cg in ns_cgroup_dirs(&self.namespace) {
+        for cg in cgroup_dirs(&self.namespace) {
             remove_cgroup_tree(&cg);
         }
         // 5. Mounts and the temp dir.
@@ -589,23 +581,12 @@ pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
     let me = std::process::id();
     let ttrpc = format!("{address}.ttrpc");
     let mut found = Vec::new();
-    for e in dir_entries(Path::new("/proc")) {
-        let Some(pid) = e
-            .file_name()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in procs::all_pids() {
         if pid == me {
             continue;
         }
-        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
-        let argv: Vec<String> = raw
-            .split(|&c| c == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let e = PathBuf::from(format!("/proc/{pid}"));
+        let argv = procs::argv(pid);
         if !argv.iter().any(|a| a.contains("containerd-shim")) {
             continue; // zombies have an empty cmdline and are skipped here too
         }
@@ -624,16 +605,6 @@ pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
 
 fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
     shim_processes(address, dir).into_iter().map(|(pid, _)| pid).collect()
-}
-
-/// `/sys/fs/cgroup/<ns>` (cgroup v2) and `/sys/fs/cgroup/<controller>/<ns>`
-/// (v1): where runc puts containers whose cgroupsPath is `/<ns>/<id>`, as
-/// ctr sets it.
-fn ns_cgroup_dirs(ns: &str) -> Vec<PathBuf> {
-    let base = Path::new("/sys/fs/cgroup");
-    let mut v = vec![base.join(ns)];
-    v.extend(dir_entries(base).into_iter().map(|c| c.join(ns)));
-    v.into_iter().filter(|p| p.is_dir()).collect()
 }
 
 /// Sockets in /run/containerd/s created since `since` that nothing listens

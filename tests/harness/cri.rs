@@ -66,11 +66,7 @@ fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Prints "skipped: <reason>" straight to fd 2 (the harness captures
-/// print! of passing tests; a skip must be visible).
-pub fn skip(reason: &str) {
-    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
-}
+pub use super::skip;
 
 /// A containerd release to run CRI on: the directory of its `containerd`
 /// and `ctr`, and what its version must start with ("" = any).
@@ -596,7 +592,7 @@ impl CriContainerd {
     }
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        cgroup_dirs(&self.cgroup_parent)
+        super::cgroup_dirs(&self.cgroup_parent)
     }
 
     /// What this containerd's pods left behind; [] after a clean teardown.
@@ -933,31 +929,10 @@ fn shim_daemons(address: &str, dir: &Path) -> Vec<(u32, String)> {
     let pids: Vec<u32> = shims.iter().map(|(p, _)| *p).collect();
     shims
         .into_iter()
-        .filter(|(pid, _)| parent_of(*pid).is_some_and(|pp| !pids.contains(&pp)))
+        .filter(|(pid, _)| super::procs::ppid(*pid).is_some_and(|pp| !pids.contains(&pp)))
         .filter(|(pid, _)| !is_zombie(*pid))
         .map(|(pid, argv)| (pid, argv.join(" ")))
         .collect()
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|p| p.trim().parse().ok())
-}
-
-fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
-    let rel = parent.trim_start_matches('/');
-    let base = Path::new("/sys/fs/cgroup");
-    let mut v = vec![base.join(rel)];
-    v.extend(
-        dir_entries(base)
-            .into_iter()
-            .filter(|c| fs::symlink_metadata(c).is_ok_and(|m| m.is_dir()))
-            .map(|c| c.join(rel)),
-    );
-    v.into_iter().filter(|p| p.is_dir()).collect()
 }
 
 /// Whether `p` is a unix socket.

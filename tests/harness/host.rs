@@ -23,6 +23,12 @@ pub fn next_n() -> usize {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 
+/// Says why a test returns without testing: "skipped: <reason>" straight to fd 2 (cargo test
+/// captures print! of passing tests; a skip must be visible).
+pub fn skip(reason: &str) {
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}
+
 /// `prefix-<pid>-<n>`: unique among concurrently running tests (threads and
 /// processes), and a valid container id.
 pub fn unique_id(prefix: &str) -> String {
@@ -180,8 +186,7 @@ pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn cmdline(pid: u32) -> String {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string()
+    super::procs::argv(pid).join(" ")
 }
 
 pub fn is_zombie(pid: u32) -> bool {
@@ -190,6 +195,22 @@ pub fn is_zombie(pid: u32) -> bool {
     stat.rsplit_once(") ")
         .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
         .unwrap_or(true)
+}
+
+/// `/sys/fs/cgroup/<rel>` (cgroup v2) and `/sys/fs/cgroup/<controller>/<rel>` (v1; controllers
+/// reached by a symlink, such as `cpu -> cpu,cpuacct`, once): where runc puts a container whose
+/// cgroupsPath is `/<rel>` (ctr sets `/<namespace>/<id>`).
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let rel = rel.trim_start_matches('/');
+    let base = Path::new("/sys/fs/cgroup");
+    let mut v = vec![base.join(rel)];
+    v.extend(
+        dir_entries(base)
+            .into_iter()
+            .filter(|c| fs::symlink_metadata(c).is_ok_and(|m| m.is_dir()))
+            .map(|c| c.join(rel)),
+    );
+    v.into_iter().filter(|p| p.is_dir()).collect()
 }
 
 /// Kills every process in a cgroup tree, then removes it bottom-up.
