@@ -4,7 +4,7 @@
 #
 # It deliberately does NOT start or enable the system containerd service and
 # never touches /etc/containerd: the tests run a private containerd
-# (tests/common/mod.rs) with its own config, root and state under /tmp.
+# (tests/harness/containerd.rs) with its own config, root and state under /tmp.
 set -euo pipefail
 
 PKGS=(

@@ -18,12 +18,11 @@ use std::time::{Duration, Instant, SystemTime};
 use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::timestamp::Timestamp;
 
+use crate::frame;
 use crate::protos::shim::event::Envelope;
 use crate::protos::shim::events::ForwardRequest;
 use std::os::unix::net::UnixStream;
-use ttrpc::proto::{
-    Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_RESPONSE,
-};
+use ttrpc::proto::{Codec, Request, Response};
 
 /// How long one write, or one wait for the answer, may take before it is logged (writes: retried).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -331,24 +330,15 @@ impl Containerd {
 }
 
 fn exchange(mut conn: &UnixStream, stream_id: u32, body: &[u8]) -> std::io::Result<Response> {
-    use std::io::{Error, ErrorKind, Read, Write};
-    let mut frame: Vec<u8> = MessageHeader::new_request(stream_id, body.len() as u32).into();
-    frame.extend_from_slice(body);
-    conn.write_all(&frame)?;
+    use std::io::{Error, ErrorKind};
+    frame::write(&mut conn, stream_id, frame::TYPE_REQUEST, 0, body)?;
     loop {
-        let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
+        let mut hdr = [0u8; frame::HEADER_LENGTH];
         read_patiently(conn, &mut hdr)?;
-        let mh = MessageHeader::from(&hdr);
-        if mh.length as usize > MESSAGE_LENGTH_MAX {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                format!("answer of {} bytes", mh.length),
-            ));
-        }
-        let mut payload = vec![0u8; mh.length as usize];
-        conn.read_exact(&mut payload)?;
+        let h = frame::Header::decode(&hdr);
+        let payload = frame::read_payload(&mut conn, &h)?;
         // Anything but our answer (nothing else is expected) is skipped.
-        if mh.stream_id == stream_id && mh.type_ == MESSAGE_TYPE_RESPONSE {
+        if h.stream_id == stream_id && h.type_ == frame::TYPE_RESPONSE {
             return <Response as Codec>::decode(&payload)
                 .map_err(|e| Error::new(ErrorKind::InvalidData, format!("undecodable answer: {e:?}")));
         }
@@ -516,7 +506,6 @@ pub mod tests {
     /// A stand-in for containerd's Events service: answers each Forward with `answer(n)` (n counts
     /// requests from 0) and closes the connection after request `close_after` on it, if given.
     fn fake_containerd(answer: fn(usize) -> Response, close_after: Option<usize>) -> (String, Seen) {
-        use std::io::{Read, Write};
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "rr-events-{}-{}.sock",
@@ -532,23 +521,14 @@ pub mod tests {
             for (conn_no, c) in listener.incoming().enumerate() {
                 let mut c = c.unwrap();
                 let mut on_conn = 0;
-                loop {
-                    let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
-                    if c.read_exact(&mut hdr).is_err() {
-                        break;
-                    }
-                    let mh = MessageHeader::from(&hdr);
-                    let mut body = vec![0u8; mh.length as usize];
-                    c.read_exact(&mut body).unwrap();
+                while let Ok((mh, body)) = frame::read(&mut c) {
                     let req = <Request as Codec>::decode(&body).unwrap();
                     let fwd = <ForwardRequest as protobuf::Message>::parse_from_bytes(&req.payload).unwrap();
                     log.lock()
                         .unwrap()
                         .push((conn_no, req.service, req.method, fwd.envelope.topic.clone()));
                     let res = answer(n).encode().unwrap();
-                    let mut frame: Vec<u8> = MessageHeader::new_response(mh.stream_id, res.len() as u32).into();
-                    frame.extend_from_slice(&res);
-                    c.write_all(&frame).unwrap();
+                    frame::write(&mut c, mh.stream_id, frame::TYPE_RESPONSE, 0, &res).unwrap();
                     n += 1;
                     on_conn += 1;
                     if Some(on_conn) == close_after {
@@ -659,7 +639,6 @@ pub mod tests {
 
     #[test]
     fn a_containerd_that_does_not_answer_yet_is_waited_for_not_sent_the_event_again() {
-        use std::io::{Read, Write};
         // A containerd that takes 7 s to answer (SIGSTOPped): more than FORWARD_TIMEOUT.
         let path = std::env::temp_dir().join(format!("rr-events-slow-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
@@ -671,19 +650,13 @@ pub mod tests {
                 let mut c = c.unwrap();
                 let r = r.clone();
                 std::thread::spawn(move || loop {
-                    let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
-                    if c.read_exact(&mut hdr).is_err() {
+                    let Ok((mh, _)) = frame::read(&mut c) else {
                         return;
-                    }
-                    let mh = MessageHeader::from(&hdr);
-                    let mut body = vec![0u8; mh.length as usize];
-                    c.read_exact(&mut body).unwrap();
+                    };
                     r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     std::thread::sleep(FORWARD_TIMEOUT + Duration::from_secs(2));
                     let res = Response::default().encode().unwrap();
-                    let mut frame: Vec<u8> = MessageHeader::new_response(mh.stream_id, res.len() as u32).into();
-                    frame.extend_from_slice(&res);
-                    let _ = c.write_all(&frame);
+                    let _ = frame::write(&mut c, mh.stream_id, frame::TYPE_RESPONSE, 0, &res);
                 });
             }
         });

@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod error;
 pub(crate) mod event_loop;
 pub(crate) mod events;
+// `pub`: the integration tests speak ttrpc by hand with it.
+pub mod frame;
 pub mod info;
 pub(crate) mod lock;
 pub(crate) mod logger;

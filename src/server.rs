@@ -12,8 +12,8 @@
 //! they drain; other connections are served meanwhile. Every request gets exactly one answer,
 //! whatever it carries; connections from another user are refused (SO_PEERCRED).
 //!
-//! The wire format is containerd's ttrpc: a 10-byte header (length, stream id, type, flags;
-//! big-endian) and a protobuf `Request` or `Response`.
+//! The wire format is containerd's ttrpc ([`crate::frame`]) carrying a protobuf `Request` or
+//! `Response`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -25,13 +25,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::EpollFlags;
-use ttrpc::proto::{
-    Codec, MessageHeader, Request, Response, MESSAGE_HEADER_LENGTH, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_REQUEST,
-    MESSAGE_TYPE_RESPONSE,
-};
+use ttrpc::proto::{Codec, MessageHeader, Request, Response};
 use ttrpc::{Code, MethodHandler, TtrpcContext};
 
 use crate::event_loop::{EventLoop, Handle, Ops, Subscriber};
+use crate::frame::{self, Decoded, Decoder};
 use crate::lock::lock;
 
 pub type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
@@ -135,12 +133,7 @@ impl Drop for Reply {
 fn response_frame(stream_id: u32, res: &Response) -> Option<Frame> {
     match res.encode() {
         Ok(buf) => Some((
-            MessageHeader {
-                length: buf.len() as u32,
-                stream_id,
-                type_: MESSAGE_TYPE_RESPONSE,
-                flags: 0,
-            },
+            frame::Header::new(stream_id, frame::TYPE_RESPONSE, buf.len()).into(),
             buf,
         )),
         Err(e) => {
@@ -167,9 +160,7 @@ struct Conn {
     rx: Receiver<Frame>,
     /// Requests handed to the workers and not yet answered.
     running: Arc<AtomicUsize>,
-    rbuf: Vec<u8>,
-    /// Bytes still to skip of an over-size frame.
-    skip: usize,
+    decoder: Decoder,
     wbuf: VecDeque<u8>,
     /// Lengths of the frames in `wbuf` (the first one maybe partly written).
     unwritten: VecDeque<usize>,
@@ -190,7 +181,7 @@ impl Conn {
     }
 
     fn queue(&mut self, (mh, payload): Frame) {
-        let hdr: Vec<u8> = mh.into();
+        let hdr = frame::Header::from(&mh).encode();
         self.wbuf.extend(hdr.iter());
         self.wbuf.extend(payload.iter());
         self.unwritten.push_back(hdr.len() + payload.len());
@@ -291,8 +282,7 @@ impl Server {
                     tx,
                     rx,
                     running: Arc::new(AtomicUsize::new(0)),
-                    rbuf: Vec::new(),
-                    skip: 0,
+                    decoder: Decoder::new(),
                     wbuf: VecDeque::new(),
                     unwritten: VecDeque::new(),
                     interest: EpollFlags::EPOLLIN,
@@ -328,7 +318,7 @@ impl Server {
                 Ok(0) => return false,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    c.rbuf.extend_from_slice(&buf[..n]);
+                    c.decoder.feed(&buf[..n]);
                     self.frames(id);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
@@ -341,46 +331,21 @@ impl Server {
         }
     }
 
-    /// Dispatches every whole frame in the connection's buffer.
+    /// Dispatches every whole frame the connection's decoder holds.
     fn frames(&mut self, id: u64) {
-        let mut at = 0;
         loop {
             let Some(c) = self.conns.get_mut(&id) else {
                 return;
             };
-            if c.skip > 0 {
-                let n = c.skip.min(c.rbuf.len() - at);
-                c.skip -= n;
-                at += n;
-                if c.skip > 0 {
-                    break;
+            match c.decoder.next_frame() {
+                None => return,
+                Some(Decoded::TooLong(h)) => {
+                    if let Some(f) = status_frame(h.stream_id, Code::RESOURCE_EXHAUSTED, h.too_long_message()) {
+                        c.queue(f);
+                    }
                 }
+                Some(Decoded::Frame(h, payload)) => self.request(id, h.into(), payload),
             }
-            if c.rbuf.len() - at < MESSAGE_HEADER_LENGTH {
-                break;
-            }
-            let hdr: &[u8; MESSAGE_HEADER_LENGTH] = c.rbuf[at..at + MESSAGE_HEADER_LENGTH].try_into().expect("length");
-            let mh = MessageHeader::from(hdr);
-            let len = mh.length as usize;
-            if len > MESSAGE_LENGTH_MAX {
-                // Skip the payload so the next frame is read from its start, as containerd's ttrpc does.
-                at += MESSAGE_HEADER_LENGTH;
-                c.skip = len;
-                let msg = format!("message length {len} exceeds maximum message size of {MESSAGE_LENGTH_MAX}");
-                if let Some(f) = status_frame(mh.stream_id, Code::RESOURCE_EXHAUSTED, msg) {
-                    c.queue(f);
-                }
-                continue;
-            }
-            if c.rbuf.len() - at < MESSAGE_HEADER_LENGTH + len {
-                break;
-            }
-            let payload = c.rbuf[at + MESSAGE_HEADER_LENGTH..at + MESSAGE_HEADER_LENGTH + len].to_vec();
-            at += MESSAGE_HEADER_LENGTH + len;
-            self.request(id, mh, payload);
-        }
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.rbuf.drain(..at);
         }
     }
 
@@ -389,7 +354,7 @@ impl Server {
             return;
         };
         // Other frame types are for streams, which no Task method uses: ignored, as ttrpc does.
-        if mh.type_ != MESSAGE_TYPE_REQUEST {
+        if mh.type_ != frame::TYPE_REQUEST {
             return;
         }
         let refuse = |c: &mut Conn, code, msg| {
@@ -697,15 +662,7 @@ mod tests {
     }
 
     fn send(c: &mut UnixStream, stream_id: u32, type_: u8, payload: &[u8]) {
-        let mh = MessageHeader {
-            length: payload.len() as u32,
-            stream_id,
-            type_,
-            flags: 0,
-        };
-        let mut f: Vec<u8> = mh.into();
-        f.extend_from_slice(payload);
-        c.write_all(&f).unwrap();
+        frame::write(c, stream_id, type_, 0, payload).unwrap();
     }
 
     fn request(service: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
@@ -719,13 +676,9 @@ mod tests {
     }
 
     fn recv(c: &mut UnixStream) -> (u32, Response) {
-        let mut hdr = [0u8; MESSAGE_HEADER_LENGTH];
-        c.read_exact(&mut hdr).unwrap();
-        let mh = MessageHeader::from(&hdr);
-        assert_eq!(mh.type_, MESSAGE_TYPE_RESPONSE);
-        let mut p = vec![0u8; mh.length as usize];
-        c.read_exact(&mut p).unwrap();
-        (mh.stream_id, <Response as Codec>::decode(&p).unwrap())
+        let (h, p) = frame::read(c).unwrap();
+        assert_eq!(h.type_, frame::TYPE_RESPONSE);
+        (h.stream_id, <Response as Codec>::decode(&p).unwrap())
     }
 
     fn code(r: &Response) -> Code {
@@ -747,22 +700,22 @@ mod tests {
         send(
             &mut c,
             1,
-            MESSAGE_TYPE_REQUEST,
+            frame::TYPE_REQUEST,
             &request("t.T", "Connect", vec![0x0a, 0x05, b'c']),
         );
         let (id, r) = recv(&mut c);
         assert_eq!((id, code(&r)), (1, Code::INVALID_ARGUMENT), "{:?}", r.status.message);
         // Bytes that are no Request at all.
-        send(&mut c, 3, MESSAGE_TYPE_REQUEST, &[0xff, 0xff, 0xff]);
+        send(&mut c, 3, frame::TYPE_REQUEST, &[0xff, 0xff, 0xff]);
         let (id, r) = recv(&mut c);
         assert_eq!((id, code(&r)), (3, Code::INVALID_ARGUMENT));
-        send(&mut c, 5, MESSAGE_TYPE_REQUEST, &request("t.T", "Nope", vec![]));
+        send(&mut c, 5, frame::TYPE_REQUEST, &request("t.T", "Nope", vec![]));
         let (id, r) = recv(&mut c);
         assert_eq!(
             (id, code(&r), r.status.message.as_str()),
             (5, Code::UNIMPLEMENTED, "/t.T/Nope: no such method")
         );
-        send(&mut c, 7, MESSAGE_TYPE_REQUEST, &request("x.Y", "Connect", vec![]));
+        send(&mut c, 7, frame::TYPE_REQUEST, &request("x.Y", "Connect", vec![]));
         let (id, r) = recv(&mut c);
         assert_eq!(
             (id, code(&r), r.status.message.as_str()),
@@ -776,27 +729,22 @@ mod tests {
         send(
             &mut c,
             15,
-            MESSAGE_TYPE_REQUEST,
+            frame::TYPE_REQUEST,
             &request("t.T", "Connect", odd.encode().unwrap()),
         );
         let (id, r) = recv(&mut c);
         assert_eq!((id, code(&r)), (15, Code::INTERNAL));
-        send(
-            &mut c,
-            8,
-            MESSAGE_TYPE_REQUEST,
-            &request("t.T", "Connect", good.clone()),
-        );
+        send(&mut c, 8, frame::TYPE_REQUEST, &request("t.T", "Connect", good.clone()));
         let (id, r) = recv(&mut c);
         assert_eq!((id, code(&r)), (8, Code::INVALID_ARGUMENT));
         // Over the size limit: skipped and refused, and the next frame still parses.
-        let big = vec![0u8; MESSAGE_LENGTH_MAX + 1];
-        send(&mut c, 9, MESSAGE_TYPE_REQUEST, &big);
+        let big = vec![0u8; frame::MAX_LENGTH + 1];
+        send(&mut c, 9, frame::TYPE_REQUEST, &big);
         let (id, r) = recv(&mut c);
         assert_eq!((id, code(&r)), (9, Code::RESOURCE_EXHAUSTED));
         // Data frames are ignored; then a good request is answered on the same connection.
-        send(&mut c, 11, 3, b"data");
-        send(&mut c, 13, MESSAGE_TYPE_REQUEST, &request("t.T", "Connect", good));
+        send(&mut c, 11, frame::TYPE_DATA, b"data");
+        send(&mut c, 13, frame::TYPE_REQUEST, &request("t.T", "Connect", good));
         let (id, r) = recv(&mut c);
         assert_eq!((id, code(&r)), (13, Code::OK));
         let rep = <ConnectResponse as Codec>::decode(&r.payload).unwrap();
@@ -819,7 +767,7 @@ mod tests {
             send(
                 &mut c,
                 2 * i + 1,
-                MESSAGE_TYPE_REQUEST,
+                frame::TYPE_REQUEST,
                 &request("t.T", "Connect", good.clone()),
             );
         }
@@ -881,7 +829,7 @@ mod tests {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let before = threads();
         for i in 0..500u32 {
-            send(&mut c, 2 * i + 1, MESSAGE_TYPE_REQUEST, &request("t.T", "Wait", vec![]));
+            send(&mut c, 2 * i + 1, frame::TYPE_REQUEST, &request("t.T", "Wait", vec![]));
         }
         let mut held: Vec<Reply> = (0..500)
             .map(|_| replies.recv_timeout(Duration::from_secs(10)).expect("parked"))
@@ -901,7 +849,7 @@ mod tests {
         send(
             &mut c,
             2001,
-            MESSAGE_TYPE_REQUEST,
+            frame::TYPE_REQUEST,
             &request("t.T", "Connect", good.encode().unwrap()),
         );
         let (id, r) = recv(&mut c);
@@ -941,19 +889,12 @@ mod tests {
             .unwrap(),
         );
         // Write until the socket takes no more: the server stopped reading.
-        let mut frame: Vec<u8> = MessageHeader {
-            length: good.len() as u32,
-            stream_id: 1,
-            type_: MESSAGE_TYPE_REQUEST,
-            flags: 0,
-        }
-        .into();
-        frame.extend_from_slice(&good);
+        let one = frame::encode(1, frame::TYPE_REQUEST, 0, &good);
         let mut sent = 0usize;
         let mut stalled_since = None;
         loop {
-            match lazy.write(&frame) {
-                Ok(n) if n == frame.len() => {
+            match lazy.write(&one) {
+                Ok(n) if n == one.len() => {
                     sent += 1;
                     stalled_since = None;
                 }
@@ -974,9 +915,9 @@ mod tests {
         // Another client is served promptly meanwhile (parked requests too).
         let mut other = UnixStream::connect(&path).unwrap();
         other.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        send(&mut other, 1, MESSAGE_TYPE_REQUEST, &good);
+        send(&mut other, 1, frame::TYPE_REQUEST, &good);
         assert_eq!(code(&recv(&mut other).1), Code::OK);
-        send(&mut other, 3, MESSAGE_TYPE_REQUEST, &request("t.T", "Wait", vec![]));
+        send(&mut other, 3, frame::TYPE_REQUEST, &request("t.T", "Wait", vec![]));
         replies
             .recv_timeout(Duration::from_secs(10))
             .unwrap()

@@ -1,10 +1,9 @@
 //! Bad input, from the command line and over ttrpc: each gets a clear error naming the cause, and
 //! leaves nothing behind (no socket, daemon, mount, runc state, child process, fd growth in the
-//! shim). The ttrpc cases talk to a shim daemon started by hand (`support::shim::DirectShim`),
+//! shim). The ttrpc cases talk to a shim daemon started by hand (`harness::shim::DirectShim`),
 //! without containerd.
 
-mod common;
-mod support;
+mod harness;
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,11 +12,11 @@ use containerd_shim_rustrunc_v2::bootstrap::{socket_path, SOCKET_DIR};
 use containerd_shim_rustrunc_v2::protos::shim::mount::Mount;
 use containerd_shim_rustrunc_v2::protos::shim::oci::Options as RuncOptions;
 use containerd_shim_rustrunc_v2::protos::shim::shim::*;
+use harness::procs;
+use harness::shim::{busybox_rootfs, ctx, run_shim, spec_json, DirectShim};
+use harness::ttrpc_raw::{self, TASK_SERVICE};
 use protobuf::well_known_types::any::Any;
 use protobuf::Message;
-use support::procs;
-use support::shim::{busybox_rootfs, ctx, run_shim, spec_json, DirectShim};
-use support::ttrpc_raw::{self, TASK_SERVICE};
 
 /// (code, message) of a failed RPC; panics on success.
 fn rpc_err<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (ttrpc::Code, String) {
@@ -46,10 +45,10 @@ fn create_req(id: &str, bundle: &Path) -> CreateTaskRequest {
 
 #[test]
 fn start_and_delete_refuse_ids_that_escape_or_overflow() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    let dir = std::env::temp_dir().join(common::unique_id("rr-badid"));
+    let dir = std::env::temp_dir().join(harness::unique_id("rr-badid"));
     std::fs::create_dir_all(&dir).unwrap();
     let address = dir.join("fake.sock").to_string_lossy().into_owned();
     let long = "x".repeat(256);
@@ -113,14 +112,14 @@ fn start_and_delete_refuse_ids_that_escape_or_overflow() {
 
 #[test]
 fn start_rejects_garbage_on_stdin_and_leaves_nothing() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    let dir = std::env::temp_dir().join(common::unique_id("rr-stdin"));
+    let dir = std::env::temp_dir().join(harness::unique_id("rr-stdin"));
     std::fs::create_dir_all(&dir).unwrap();
     let address = dir.join("fake.sock").to_string_lossy().into_owned();
     let ns = "rr-stdin";
-    let id = common::unique_id("c");
+    let id = harness::unique_id("c");
     let toml = |body: &str| {
         let mut o = containerd_shim_rustrunc_v2::protos::shim::api::Options::new();
         o.config_body = body.as_bytes().to_vec();
@@ -216,7 +215,7 @@ fn start_rejects_garbage_on_stdin_and_leaves_nothing() {
 
 #[test]
 fn ttrpc_ids_with_slash_dots_nul_or_overlong_are_refused() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -383,7 +382,7 @@ fn assert_no_fd_growth(shim: &DirectShim, before: procs::Figures) -> procs::Figu
 }
 
 fn settle_figures(shim: &DirectShim, before: procs::Figures) -> procs::Figures {
-    support::eventually(Duration::from_secs(20), || {
+    harness::eventually(Duration::from_secs(20), || {
         let f = shim.figures();
         (f.fds <= before.fds && f.threads <= before.threads).then_some(f)
     })
@@ -392,7 +391,7 @@ fn settle_figures(shim: &DirectShim, before: procs::Figures) -> procs::Figures {
 
 #[test]
 fn create_with_a_missing_or_malformed_bundle_says_why() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -460,7 +459,7 @@ fn create_with_a_missing_or_malformed_bundle_says_why() {
 
 #[test]
 fn create_with_a_truncated_config_json_names_it() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -475,7 +474,7 @@ fn create_with_a_truncated_config_json_names_it() {
 
 #[test]
 fn create_with_unusable_stdio_says_why() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -578,7 +577,7 @@ fn create_with_unusable_stdio_says_why() {
 
 #[test]
 fn rootfs_mounts_of_unknown_type_or_bad_options_fail_cleanly() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -649,7 +648,7 @@ fn rootfs_mounts_of_unknown_type_or_bad_options_fail_cleanly() {
 
 #[test]
 fn create_with_a_missing_runc_or_bad_options_says_why() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -713,7 +712,7 @@ fn create_with_a_missing_runc_or_bad_options_says_why() {
 
 #[test]
 fn a_runc_binary_that_cannot_execute_says_why() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -752,7 +751,7 @@ fn still_serves(shim: &DirectShim) {
 
 #[test]
 fn unknown_methods_and_services_get_an_error_naming_them() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -787,7 +786,7 @@ fn unknown_methods_and_services_get_an_error_naming_them() {
 
 #[test]
 fn malformed_frames_never_take_the_shim_down() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -844,7 +843,7 @@ fn malformed_frames_never_take_the_shim_down() {
 /// connection without answering: no answer, then EOF at the next request.)
 #[test]
 fn malformed_payload_gets_an_error_status() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -873,7 +872,7 @@ fn malformed_payload_gets_an_error_status() {
 
 #[test]
 fn hundreds_of_connections_leave_no_fds_or_threads() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -881,7 +880,7 @@ fn hundreds_of_connections_leave_no_fds_or_threads() {
     for _ in 0..5 {
         still_serves(&shim);
     }
-    let before = support::eventually(Duration::from_secs(5), || {
+    let before = harness::eventually(Duration::from_secs(5), || {
         let f = shim.figures();
         std::thread::sleep(Duration::from_millis(200));
         (shim.figures() == f).then_some(f)

@@ -8,16 +8,15 @@
 //! once the fifo and the pipe are full), and Debian's Go shim (printed for comparison). Each writer measures how long its longest `echo` took (`$EPOCHREALTIME` before and
 //! after, busybox sh) and prints it last.
 
-mod common;
-mod support;
+mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::events::wait_status;
-use common::writer::check;
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
-use support::fifo::{fifo_of, FifoReader};
-use support::restart::{self, Restarted};
+use harness::events::wait_status;
+use harness::fifo::{fifo_of, FifoReader};
+use harness::restart::{self, Restarted};
+use harness::writer::check;
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// `@PAD@` bytes of padding per line, so that the 256 KiB fifo and the 1 MiB pipe fill early in the
 /// outage; the last line says the longest write in microseconds. It starts once /go exists: `ctr run
@@ -39,7 +38,7 @@ struct Writer {
 }
 
 fn outage(outage: Duration, pad: usize, with_go: bool) {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -75,7 +74,7 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
             if tty {
                 // ctr wants a terminal for -t: script(1) gives it one.
                 args.insert(2, "-t");
-                let o = support::run_bounded(c.tty_command(&args), Duration::from_secs(60))
+                let o = harness::run_bounded(c.tty_command(&args), Duration::from_secs(60))
                     .unwrap_or_else(|e| panic!("{label}: {e}"));
                 assert!(o.status.success(), "{label}: {o:?}");
             } else {
@@ -96,12 +95,12 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
     }
     for w in &writers {
         let r = w.reader.as_ref().unwrap();
-        support::eventually(Duration::from_secs(60), || (r.len() > 100 * pad).then_some(()))
+        harness::eventually(Duration::from_secs(60), || (r.len() > 100 * pad).then_some(()))
             .unwrap_or_else(|| panic!("{}: no output", w.label));
     }
 
-    let shim = support::procs::shim_daemon(&c.address, &writers[0].id).expect("the shim of the first writer");
-    let rss = || support::procs::figures(shim).map_or(0, |f| f.rss_kib);
+    let shim = harness::procs::shim_daemon(&c.address, &writers[0].id).expect("the shim of the first writer");
+    let rss = || harness::procs::figures(shim).map_or(0, |f| f.rss_kib);
     let rss_before = rss();
     let old = restart::stop(&c);
     for w in &mut writers {
@@ -124,7 +123,7 @@ fn outage(outage: Duration, pad: usize, with_go: bool) {
     let mut rss_after = 0;
     for w in &mut writers {
         let reader = w.reader.as_ref().unwrap();
-        support::eventually(Duration::from_secs(120), || {
+        harness::eventually(Duration::from_secs(120), || {
             reader.tail_contains(4096, "maxstall").then_some(())
         })
         .unwrap_or_else(|| panic!("{}: no summary line after the restart", w.label));
@@ -204,7 +203,7 @@ fn file_tail(p: &std::path::Path, n: usize) -> String {
 /// container's pipes itself, as with the Go shim) it waits for the logger.
 #[test]
 fn a_logger_that_stops_reading_stalls_no_write() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let pause = 5;
@@ -235,7 +234,7 @@ fn a_logger_that_stops_reading_stalls_no_write() {
     }
     // The loggers read again once they wrote something.
     for (label, _, out) in &runs {
-        support::eventually(Duration::from_secs(60), || {
+        harness::eventually(Duration::from_secs(60), || {
             (std::fs::metadata(out).map(|m| m.len()).unwrap_or(0) > 0).then_some(())
         })
         .unwrap_or_else(|| panic!("{label}: the logger never wrote"));
@@ -244,7 +243,7 @@ fn a_logger_that_stops_reading_stalls_no_write() {
     for (label, id, out) in &runs {
         // (Not checked: see `outage`.)
         let _ = c.ctr(&["task", "exec", "--exec-id", "stop", id, "touch", "/stop"]);
-        support::eventually(Duration::from_secs(120), || {
+        harness::eventually(Duration::from_secs(120), || {
             file_tail(out, 4096).contains("maxstall").then_some(())
         })
         .unwrap_or_else(|| panic!("{label}: no summary line"));
@@ -277,7 +276,7 @@ fn a_logger_that_stops_reading_stalls_no_write() {
 /// A malformed annotation fails Create with an error naming it, and leaves nothing behind.
 #[test]
 fn a_bad_output_annotation_is_a_clear_error() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -342,7 +341,7 @@ fn fast_writer_lines(got: &[u8]) -> u64 {
 /// they are one piece (the newest bytes while the backlog was full).
 #[test]
 fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     struct Run {
@@ -374,7 +373,7 @@ fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
         ]);
         let reader = Some(FifoReader::open(&fifo_of(&c, &id, "stdout")));
         c.ctr_ok(&["task", "exec", "--exec-id", "go", &id, "touch", "/go"]);
-        let shim = support::procs::shim_daemon(&c.address, &id).expect("its shim");
+        let shim = harness::procs::shim_daemon(&c.address, &id).expect("its shim");
         runs.push(Run {
             policy,
             id,
@@ -385,10 +384,10 @@ fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
     }
     for r in &runs {
         let reader = r.reader.as_ref().unwrap();
-        support::eventually(Duration::from_secs(60), || (reader.len() > 1 << 20).then_some(()))
+        harness::eventually(Duration::from_secs(60), || (reader.len() > 1 << 20).then_some(()))
             .unwrap_or_else(|| panic!("{}: no output", r.policy));
     }
-    let rss = |pid| support::procs::figures(pid).map_or(0, |f| f.rss_kib);
+    let rss = |pid| harness::procs::figures(pid).map_or(0, |f| f.rss_kib);
     let before: Vec<u64> = runs.iter().map(|r| rss(r.shim)).collect();
     restart::stop(&c);
     for r in &mut runs {
@@ -406,7 +405,7 @@ fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
     }
     for r in &mut runs {
         let reader = r.reader.as_ref().unwrap();
-        support::eventually(Duration::from_secs(60), || {
+        harness::eventually(Duration::from_secs(60), || {
             reader.tail_contains(64, "done lines").then_some(())
         })
         .unwrap_or_else(|| panic!("{}: no summary line after the restart", r.policy));
@@ -416,7 +415,7 @@ fn at_the_cap_block_loses_nothing_and_drop_counts_what_it_dropped() {
     for (i, r) in runs.iter().enumerate() {
         // The shim logs a backlog's end after its last drops; containerd copies it into its log.
         let ended = format!("{}/{} stdout: destination took the output again", c.namespace, r.id);
-        let log = support::eventually(Duration::from_secs(30), || {
+        let log = harness::eventually(Duration::from_secs(30), || {
             let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
             log.contains(&ended).then_some(log)
         })

@@ -3,14 +3,14 @@
 //! Kill --all, and `SystemdCgroup = true` scopes. Every test skips (saying why) elsewhere; `make
 //! test-cgroup2` runs them in a cgroup v2 + systemd guest.
 
-mod common;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::events::{wait_status, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use containerd_shim_rustrunc_v2::protos::shim::shim::UpdateTaskRequest;
+use harness::events::{wait_status, Events};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const LONG: Duration = Duration::from_secs(60);
@@ -23,7 +23,7 @@ fn skip(reason: &str) -> bool {
 
 /// True (after printing why) unless this is a root, containerd-equipped, cgroup v2 unified host.
 fn skip_unless_v2() -> bool {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return true;
     }
     if !Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {

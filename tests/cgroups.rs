@@ -1,17 +1,17 @@
 //! Stats and OOM events through the shim on cgroup v1 (tests/cgroup2.rs has the v2 ones; the OOM test
 //! here runs on both).
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::events::{self, wait_status, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
 use containerd_shim_rustrunc_v2::protos::shim::shim::UpdateTaskRequest;
+use harness::events::{self, wait_status, Events};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// The v1 Metrics fields read back: not on a cgroup v2 unified host.
 fn skip_unless_v1() -> bool {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return true;
     }
     if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -61,7 +61,7 @@ fn task_metrics_are_cgroup_v1_metrics() {
 
 #[test]
 fn oom_kill_is_published_before_the_exit() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();

@@ -2,10 +2,10 @@
 //! real checkpoint is skipped with the reason, and the failure path is tested instead: a clear error
 //! naming CRIU's complaint, its dump log kept in the bundle, the task unharmed.
 
-mod common;
+mod harness;
 
-use common::events::wait_status;
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::events::wait_status;
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 fn criu_works() -> Result<(), String> {
     match std::process::Command::new("criu").arg("check").output() {
@@ -21,7 +21,7 @@ fn criu_works() -> Result<(), String> {
 
 #[test]
 fn checkpoint_a_running_task() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();

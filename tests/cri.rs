@@ -35,9 +35,6 @@
 //! log of the last run on each version stays in
 //! target/tmp/cri-containerd-<version>.log.
 
-// The CRI harness builds on tests/common (its bounded command runner, leftover scans).
-mod common;
-#[path = "cri/harness.rs"]
 mod harness;
 
 use std::fs;
@@ -49,7 +46,7 @@ use containerd_shim_rustrunc_v2::protos::shim::api::Options as RuntimeOptions;
 use protobuf::Message;
 use serde_json::{json, Value};
 
-use harness::{
+use harness::cri::{
     CriClient, CriContainerd, Registration, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE, SHIM_NAME,
 };
 
@@ -174,7 +171,7 @@ fn containerd_2_runc_type_with_runtime_path() {
 fn extra_bin_dirs() {
     let dirs = std::env::var("RR_CONTAINERD_EXTRA_BIN_DIRS").unwrap_or_default();
     if dirs.is_empty() {
-        return harness::skip("RR_CONTAINERD_EXTRA_BIN_DIRS is not set");
+        return harness::cri::skip("RR_CONTAINERD_EXTRA_BIN_DIRS is not set");
     }
     for d in dirs.split(':').filter(|d| !d.is_empty()) {
         pod_runs_on_one_shim_and_leaves_nothing(Release::any_in(Path::new(d)), Registration::OwnType);
@@ -184,14 +181,9 @@ fn extra_bin_dirs() {
 /// The whole pod life on `release`'s containerd; skips (with the reason
 /// printed) when the release or the Python client cannot be had.
 fn pod_runs_on_one_shim_and_leaves_nothing(release: Release, registration: Registration) {
-    if let Some(reason) = harness::unsupported(&release) {
-        return harness::skip(&reason);
-    }
-    let py = match harness::python_env() {
-        Ok(py) => py,
-        Err(reason) => return harness::skip(&reason),
+    let Some((py, _one_at_a_time)) = harness::cri::prepare(&release) else {
+        return;
     };
-    let _one_at_a_time = harness::serialize();
     let started = Instant::now();
     let c = CriContainerd::start_as(&release, registration);
     let mut cri = c.client(&py);
@@ -330,7 +322,7 @@ fn pod_runs_on_one_shim_and_leaves_nothing(release: Release, registration: Regis
         "the sandbox's shim socket is not the pod group's"
     );
     assert_eq!(bundle_socket(&c, &one), socket, "container one went to another shim");
-    assert!(harness::is_socket(&socket), "{} is not a socket", socket.display());
+    assert!(harness::cri::is_socket(&socket), "{} is not a socket", socket.display());
     assert_eq!(one_shim(&c, "with the pod running"), shim_pid);
     // What CRI made of the handler's options table, for each container: a
     // runtimeoptions.v1.Options with only ConfigPath (1.6) or only the

@@ -13,9 +13,6 @@
 //! Run: `cargo test --test cri_buffering -- --test-threads=1 --nocapture` (root); the 30 s outage is
 //! `#[ignore]` (make stress).
 
-// The CRI harness builds on tests/common (its bounded command runner, leftover scans).
-mod common;
-#[path = "cri/harness.rs"]
 mod harness;
 
 use std::fs;
@@ -25,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::writer::check;
-use harness::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, HANDLER, PAUSE_IMAGE};
+use harness::cri::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, HANDLER, PAUSE_IMAGE};
+use harness::writer::check;
 
 /// As tests/buffering.rs's writer: `@PAD@` bytes of padding per line fill the fifo and the pipe
 /// early in the outage; the last line says the longest write in microseconds.
@@ -74,14 +71,9 @@ struct Pod {
 
 fn outage(outage: Duration, pad: usize) {
     let release = Release::system();
-    if let Some(reason) = harness::unsupported(&release) {
-        return harness::skip(&reason);
-    }
-    let py = match harness::python_env() {
-        Ok(py) => py,
-        Err(reason) => return harness::skip(&reason),
+    let Some((py, _one_at_a_time)) = harness::cri::prepare(&release) else {
+        return;
     };
-    let _one_at_a_time = harness::serialize();
     let mut c = CriContainerd::start(&release);
     let mut cri = c.client(&py);
     cri.wait_image(PAUSE_IMAGE);

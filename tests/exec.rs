@@ -1,11 +1,11 @@
 //! Exec, pause/resume and pids through the shim, with real containerd, runc and ctr.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::events::{self, wait_child, wait_status, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::events::{self, wait_child, wait_status, Events};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 fn run_detached(c: &Containerd, prefix: &str, args: &[&str]) -> String {
     let id = unique_id(prefix);
@@ -24,7 +24,7 @@ fn kill_and_remove(c: &Containerd, id: &str) {
 
 #[test]
 fn exec_output_exit_code_and_stdin() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -81,7 +81,7 @@ fn exec_output_exit_code_and_stdin() {
 
 #[test]
 fn duplicate_exec_ids_pids_and_exec_exit_before_init_exit() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -131,7 +131,7 @@ fn duplicate_exec_ids_pids_and_exec_exit_before_init_exit() {
 
 #[test]
 fn pause_and_resume() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();

@@ -6,8 +6,7 @@
 //! they stop and start containerd, SIGKILL shims and runc, and take a minute or two. The few that
 //! are quick and disturb nothing else are not ignored and run in `make test` too.
 
-mod common;
-mod support;
+mod harness;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -15,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::events::{self, wait_child, wait_status, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
-use support::fifo::{fifo_of, FifoReader};
-use support::procs;
-use support::restart::{self, Restarted};
-use support::KillOnDrop;
+use harness::events::{self, wait_child, wait_status, Events};
+use harness::fifo::{fifo_of, FifoReader};
+use harness::procs;
+use harness::restart::{self, Restarted};
+use harness::KillOnDrop;
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 fn ctr_stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -38,7 +37,7 @@ fn runc_root(c: &Containerd) -> PathBuf {
 }
 
 fn assert_clean(c: &Containerd) {
-    let left = support::eventually(Duration::from_secs(15), || {
+    let left = harness::eventually(Duration::from_secs(15), || {
         let l = c.leftovers();
         l.is_empty().then_some(())
     });
@@ -94,7 +93,7 @@ fn wrapper(c: &Containerd, name: &str, body: &str) -> PathBuf {
 #[test]
 #[ignore = "faults (make stress)"]
 fn inits_that_exit_during_create_or_right_after_start() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -192,7 +191,7 @@ fn inits_that_exit_during_create_or_right_after_start() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn exec_racing_the_init_exit() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -263,7 +262,7 @@ fn exec_racing_the_init_exit() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn kill_racing_the_exit() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -312,7 +311,7 @@ fn kill_racing_the_exit() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn delete_racing_the_exit() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -372,8 +371,8 @@ fn delete_racing_the_exit() {
 #[ignore = "faults (make stress)"]
 fn delete_racing_the_exit_at_the_shim() {
     use containerd_shim_rustrunc_v2::protos::shim::shim::{DeleteRequest, StateRequest, WaitRequest};
-    use support::shim::{ctx, DirectShim};
-    if common::skip_if_unsupported() {
+    use harness::shim::{ctx, DirectShim};
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -437,7 +436,7 @@ fn delete_racing_the_exit_at_the_shim() {
                 other => panic!("{id}: {what} after Delete: {other:?}"),
             }
         }
-        let residue = support::eventually(Duration::from_secs(5), || {
+        let residue = harness::eventually(Duration::from_secs(5), || {
             let r = shim.residue();
             r.is_empty().then_some(())
         });
@@ -450,7 +449,7 @@ fn delete_racing_the_exit_at_the_shim() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn container_deleted_by_runc_behind_the_shims_back() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -467,7 +466,7 @@ fn container_deleted_by_runc_behind_the_shims_back() {
         .unwrap();
     assert!(o.status.success(), "runc delete --force: {o:?}");
     assert!(
-        support::eventually(Duration::from_secs(10), || (!procs::alive(pid)).then_some(())).is_some(),
+        harness::eventually(Duration::from_secs(10), || (!procs::alive(pid)).then_some(())).is_some(),
         "init survived runc delete --force"
     );
     // Kill answers not found, promptly, with or without --all, and nothing hangs.
@@ -524,7 +523,7 @@ fn sequence_gaps(text: &str, prefix: &str) -> (Vec<usize>, Option<usize>) {
 #[test]
 #[ignore = "faults (make stress)"]
 fn containerd_restart_keeps_tasks_output_and_control() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     const LINES: usize = 3000;
@@ -553,8 +552,8 @@ fn containerd_restart_keeps_tasks_output_and_control() {
         "-c",
         "while true; do echo tick; usleep 1000; done",
     ]));
-    let _attached_out = support::drain(attached.0.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let _attached_err = support::drain(attached.0.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let _attached_out = harness::drain(attached.0.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let _attached_err = harness::drain(attached.0.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let out_path = fifo_of(&c, &a, "stdout");
     let err_path = fifo_of(&c, &a, "stderr");
     let out1 = FifoReader::open(&out_path);
@@ -599,7 +598,7 @@ fn containerd_restart_keeps_tasks_output_and_control() {
     let out2 = FifoReader::open(&out_path);
     let err2 = FifoReader::open(&err_path);
     let last = format!("o{}\n", LINES - 1);
-    let done = support::eventually(Duration::from_secs(60), || out2.text().ends_with(&last).then_some(()));
+    let done = harness::eventually(Duration::from_secs(60), || out2.text().ends_with(&last).then_some(()));
     wait_status(&c, &a, "STOPPED");
     std::thread::sleep(Duration::from_millis(300));
     let (out2, err2) = (out2.close(), err2.close());
@@ -662,7 +661,7 @@ fn shim_with_processes(c: &Containerd, id: &str) -> (u32, PathBuf, Vec<u32>, Kil
         "sleep 1000 & sleep 1000",
     ]);
     let exec = KillOnDrop(c.spawn_ctr(&["task", "exec", "--exec-id", "bg", id, "sleep", "1000"]));
-    let ps = support::eventually(Duration::from_secs(20), || {
+    let ps = harness::eventually(Duration::from_secs(20), || {
         let ps = c.ctr_ok(&["task", "ps", id]);
         (ps.lines().count() >= 4).then_some(ps)
     })
@@ -685,15 +684,15 @@ fn shim_with_processes(c: &Containerd, id: &str) -> (u32, PathBuf, Vec<u32>, Kil
 #[test]
 #[ignore = "faults (make stress)"]
 fn sigkilled_shim_is_cleaned_up_by_containerd() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
     let id = unique_id("shimkill");
     let (shim, _socket, pids, _exec) = shim_with_processes(&c, &id);
-    support::signal(shim, libc::SIGKILL);
+    harness::signal(shim, libc::SIGKILL);
     // containerd notices the closed connection and runs `shim delete`.
-    let gone = support::eventually(Duration::from_secs(30), || {
+    let gone = harness::eventually(Duration::from_secs(30), || {
         (!c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(id.as_str()))).then_some(())
     });
     assert!(
@@ -703,14 +702,14 @@ fn sigkilled_shim_is_cleaned_up_by_containerd() {
     );
     for pid in &pids {
         assert!(
-            support::eventually(Duration::from_secs(10), || (!procs::alive(*pid)).then_some(())).is_some(),
+            harness::eventually(Duration::from_secs(10), || (!procs::alive(*pid)).then_some(())).is_some(),
             "container process {pid} survived its shim: {:?}",
             procs::argv(*pid)
         );
     }
     // The task leaves `ctr task ls` as soon as its shim is unreachable; containerd's cleanup (`shim
     // delete`: runc delete --force, unmount) runs in the background just after.
-    let _ = support::eventually(Duration::from_secs(15), || {
+    let _ = harness::eventually(Duration::from_secs(15), || {
         (procs::entries(&runc_root(&c)).is_empty() && procs::mounts_under(&c.dir).is_empty()).then_some(())
     });
     let state = procs::entries(&runc_root(&c));
@@ -722,7 +721,7 @@ fn sigkilled_shim_is_cleaned_up_by_containerd() {
     );
     c.ctr_ok(&["containers", "rm", &id]);
     // The socket is the subject of killed_shims_socket_is_removed; everything else must be gone.
-    let left: Vec<String> = support::eventually(Duration::from_secs(10), || {
+    let left: Vec<String> = harness::eventually(Duration::from_secs(10), || {
         let l: Vec<String> = c
             .leftovers()
             .into_iter()
@@ -739,20 +738,20 @@ fn sigkilled_shim_is_cleaned_up_by_containerd() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn killed_shims_socket_is_removed() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
     let id = unique_id("shimsock");
     let (shim, socket, _, _exec) = shim_with_processes(&c, &id);
     assert!(socket.exists());
-    support::signal(shim, libc::SIGKILL);
-    let gone = support::eventually(Duration::from_secs(30), || {
+    harness::signal(shim, libc::SIGKILL);
+    let gone = harness::eventually(Duration::from_secs(30), || {
         (!c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(id.as_str()))).then_some(())
     });
     assert!(gone.is_some(), "task still listed after its shim was killed");
     c.ctr_ok(&["containers", "rm", &id]);
-    let removed = support::eventually(Duration::from_secs(10), || (!socket.exists()).then_some(()));
+    let removed = harness::eventually(Duration::from_secs(10), || (!socket.exists()).then_some(()));
     assert!(
         removed.is_some(),
         "socket {} left after `shim delete`",
@@ -764,7 +763,7 @@ fn killed_shims_socket_is_removed() {
 #[test]
 #[ignore = "faults (make stress)"]
 fn runc_killed_mid_create_fails_cleanly() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -812,12 +811,12 @@ fn runc_killed_mid_create_fails_cleanly() {
         let o = if what.starts_with("hung") {
             let _ = std::fs::remove_file(&hang_pid);
             let mut run = KillOnDrop(c.spawn_ctr(&args));
-            let pid: u32 = support::eventually(Duration::from_secs(20), || {
+            let pid: u32 = harness::eventually(Duration::from_secs(20), || {
                 std::fs::read_to_string(&hang_pid).ok()?.trim().parse().ok()
             })
             .expect("the hung runc wrote its pid");
             std::thread::sleep(Duration::from_millis(300));
-            support::signal(pid, libc::SIGKILL);
+            harness::signal(pid, libc::SIGKILL);
             let status = wait_child(&mut run.0, Duration::from_secs(30));
             let mut err = String::new();
             let _ = run.0.stderr.take().unwrap().read_to_string(&mut err);
@@ -850,7 +849,7 @@ fn runc_killed_mid_create_fails_cleanly() {
                 })
                 .collect()
         };
-        let left = support::eventually(Duration::from_secs(15), || residue().is_empty().then_some(()));
+        let left = harness::eventually(Duration::from_secs(15), || residue().is_empty().then_some(()));
         assert!(left.is_some(), "{what}: left behind: {:#?}", residue());
     }
 }
@@ -870,20 +869,13 @@ fn cgroup_procs(cg: &Path) -> Vec<String> {
 
 /// Container cgroups `/<ns>/<id>` (any controller) that exist.
 fn container_cgroups(c: &Containerd, id: &str) -> Vec<PathBuf> {
-    let base = Path::new("/sys/fs/cgroup");
-    let mut v = vec![base.join(&c.namespace).join(id)];
-    v.extend(
-        procs::entries(base)
-            .into_iter()
-            .map(|ctl| ctl.join(&c.namespace).join(id)),
-    );
-    v.into_iter().filter(|p| p.is_dir()).collect()
+    harness::cgroup_dirs(&format!("{}/{id}", c.namespace))
 }
 
 #[test]
 #[ignore = "faults (make stress)"]
 fn runc_killed_mid_create_leaves_no_cgroup() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -938,7 +930,7 @@ fn line_reader(r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Strin
 #[test]
 #[ignore = "faults (make stress)"]
 fn stdin_client_killed_task_stays_controllable() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -962,7 +954,7 @@ fn stdin_client_killed_task_stays_controllable() {
     input.write_all(b"ping\n").unwrap();
     assert_eq!(lines.recv_timeout(Duration::from_secs(20)).expect("no echo"), "ping\n");
     let before = procs::figures(shim).unwrap();
-    support::signal(client.0.id(), libc::SIGKILL);
+    harness::signal(client.0.id(), libc::SIGKILL);
     let _ = client.0.wait();
     drop(input);
     std::thread::sleep(Duration::from_millis(500));
@@ -998,7 +990,7 @@ fn stdin_client_killed_task_stays_controllable() {
     assert_eq!(st.code(), Some(137));
     let after = procs::figures(shim);
     println!("shim with the killed client: {before}; after reattach and kill: {after:?}");
-    support::eventually(Duration::from_secs(20), || {
+    harness::eventually(Duration::from_secs(20), || {
         (!c.ctr_ok(&["task", "ls"]).lines().any(|l| l.starts_with(id.as_str()))).then_some(())
     })
     .expect("attach deletes the task it saw exit");
@@ -1013,28 +1005,15 @@ fn create_start_wait(
     bundle: &Path,
     stdout: &Path,
 ) -> Result<u32, String> {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest, WaitRequest};
-    use support::shim::ctx;
-    client
-        .create(
-            ctx(),
-            &CreateTaskRequest {
-                id: id.into(),
-                bundle: bundle.to_string_lossy().into_owned(),
-                stdout: stdout.to_string_lossy().into_owned(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("Create: {e:?}"))?;
-    client
-        .start(
-            ctx(),
-            &StartRequest {
-                id: id.into(),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("Start: {e:?}"))?;
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, WaitRequest};
+    use harness::shim::{create_start, ctx};
+    let req = CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        stdout: stdout.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    create_start(client, req)?;
     client
         .wait(
             ctx(),
@@ -1057,8 +1036,8 @@ fn create_start_wait(
 #[test]
 fn output_waits_for_a_late_fifo_reader() {
     use containerd_shim_rustrunc_v2::protos::shim::shim::DeleteRequest;
-    use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
-    if common::skip_if_unsupported() {
+    use harness::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -1076,7 +1055,7 @@ fn output_waits_for_a_late_fifo_reader() {
     // The client is slow to open its reader.
     std::thread::sleep(Duration::from_millis(1000));
     let reader = FifoReader::open(&fifo);
-    let got = support::eventually(Duration::from_secs(10), || {
+    let got = harness::eventually(Duration::from_secs(10), || {
         reader.text().contains("hello").then_some(())
     });
     let status = runner.join().unwrap();
@@ -1121,10 +1100,10 @@ fn writers_on(pid: u32, path: &Path) -> usize {
 #[test]
 fn exit_is_reported_after_the_output_left_the_shim() {
     use containerd_shim_rustrunc_v2::protos::shim::shim::DeleteRequest;
+    use harness::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    use support::shim::{busybox_rootfs, ctx, spec_json, DirectShim};
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -1162,7 +1141,7 @@ fn exit_is_reported_after_the_output_left_the_shim() {
     let status = create_start_wait(&client, id, &bundle, &fifo).unwrap();
     let writers = writers_on(shim.pid, &fifo);
     let read_by_then = got.load(Ordering::SeqCst);
-    let _ = support::eventually(Duration::from_secs(20), || {
+    let _ = harness::eventually(Duration::from_secs(20), || {
         (got.load(Ordering::SeqCst) >= total).then_some(())
     });
     stop.store(true, Ordering::SeqCst);
@@ -1192,20 +1171,20 @@ fn exit_is_reported_after_the_output_left_the_shim() {
 #[test]
 #[ignore = "faults: containerd down 30 s (make stress)"]
 fn exits_during_a_30s_containerd_outage_are_delivered() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::outage::crash_outage(10, Duration::from_secs(30));
+    harness::outage::crash_outage(10, Duration::from_secs(30));
 }
 
 /// The same for 120 s.
 #[test]
 #[ignore = "faults: containerd down 120 s (make stress)"]
 fn exits_during_a_120s_containerd_outage_are_delivered() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::outage::crash_outage(10, Duration::from_secs(120));
+    harness::outage::crash_outage(10, Duration::from_secs(120));
 }
 
 /// containerd SIGSTOPped for 40 s (its sockets accept, nothing answers) while 10 containers end:
@@ -1213,8 +1192,8 @@ fn exits_during_a_120s_containerd_outage_are_delivered() {
 #[test]
 #[ignore = "faults: containerd stopped 40 s (make stress)"]
 fn exits_while_containerd_is_frozen_are_delivered_few_times() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::outage::frozen_outage(10, Duration::from_secs(40));
+    harness::outage::frozen_outage(10, Duration::from_secs(40));
 }

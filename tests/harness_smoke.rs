@@ -3,17 +3,17 @@
 //! our shim: a private containerd starts, the busybox image imports and
 //! runs, and a full `ctr run --rm` lifecycle leaves nothing behind.
 
-mod common;
+mod harness;
 
-use common::{Containerd, IMAGE};
+use harness::{Containerd, IMAGE};
 
 #[test]
 fn default_runtime_echo_hello_leaves_nothing() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
-    let id = common::unique_id("smoke");
+    let id = harness::unique_id("smoke");
     // No --runtime: containerd's default, the Go io.containerd.runc.v2 shim.
     let out = c.ctr_ok(&["run", "--rm", IMAGE, &id, "echo", "hello"]);
     assert_eq!(out, "hello\n");

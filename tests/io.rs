@@ -1,17 +1,17 @@
 //! Terminal IO (ctr -t, driven through a pseudo-terminal with script(1)) and reattaching to a task.
 
-mod common;
+mod harness;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::events::wait_status;
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::events::wait_status;
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 #[test]
 fn tty_run_prints_output_and_passes_the_exit_code() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -37,7 +37,7 @@ fn tty_run_prints_output_and_passes_the_exit_code() {
 
 #[test]
 fn tty_execs_return_complete_large_output() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -118,7 +118,7 @@ impl Drop for Attach {
 
 #[test]
 fn attach_detach_and_reattach() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -136,7 +136,7 @@ fn attach_detach_and_reattach() {
     assert_eq!(second.echo("hello again\n"), "hello again\n");
     // ctr attach ends with the task and reports its exit status.
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", &id]);
-    let status = common::events::wait_child(&mut second.child, Duration::from_secs(30));
+    let status = harness::events::wait_child(&mut second.child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(137));
     // ctr attach deletes the task it saw exit.
     let deadline = Instant::now() + Duration::from_secs(20);

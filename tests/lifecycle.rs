@@ -1,12 +1,12 @@
 //! The foundation, end to end: real containerd, real runc, real ctr, this shim.
 
-mod common;
+mod harness;
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::events::{self, wait_child, wait_status, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME, SHIM_BIN};
+use harness::events::{self, wait_child, wait_status, Events};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME, SHIM_BIN};
 use sha2::{Digest, Sha256};
 
 fn hex(d: impl AsRef<[u8]>) -> String {
@@ -30,7 +30,7 @@ fn assert_clean(c: &Containerd) {
 
 #[test]
 fn echo_hello_and_nothing_left() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -42,7 +42,7 @@ fn echo_hello_and_nothing_left() {
 
 #[test]
 fn stderr_is_separate_and_exit_codes_pass_through() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -86,7 +86,7 @@ fn stderr_is_separate_and_exit_codes_pass_through() {
 
 #[test]
 fn stdin_round_trips_and_eof_ends_cat() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -108,7 +108,7 @@ fn stdin_round_trips_and_eof_ends_cat() {
 
 #[test]
 fn large_stdout_arrives_complete() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -131,7 +131,7 @@ fn large_stdout_arrives_complete() {
 
 #[test]
 fn detached_task_lifecycle_leaves_nothing() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -161,7 +161,7 @@ fn detached_task_lifecycle_leaves_nothing() {
 
 #[test]
 fn rootfs_directory_without_mounts() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -193,7 +193,7 @@ fn rootfs_directory_without_mounts() {
 
 #[test]
 fn events_are_published_in_order() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -214,7 +214,7 @@ fn events_are_published_in_order() {
 
 #[test]
 fn instant_exits_never_hang() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -231,7 +231,7 @@ fn instant_exits_never_hang() {
 
 #[test]
 fn failing_runc_gives_clear_errors_and_leaves_nothing() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -349,7 +349,7 @@ fn read_trim(p: impl AsRef<std::path::Path>) -> String {
 #[test]
 fn daemon_socket_permissions_oom_score_and_fds() {
     use std::os::unix::fs::PermissionsExt;
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -417,7 +417,7 @@ fn daemon_socket_permissions_oom_score_and_fds() {
 
 #[test]
 fn sigterm_stops_the_shim_and_containerd_cleans_up() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -454,7 +454,7 @@ fn sigterm_stops_the_shim_and_containerd_cleans_up() {
 #[test]
 fn delete_action_is_idempotent_and_prints_a_delete_response() {
     use std::os::unix::fs::PermissionsExt;
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let dir = std::env::temp_dir().join(unique_id("rr-delete"));
@@ -511,7 +511,7 @@ fn delete_action_is_idempotent_and_prints_a_delete_response() {
 fn task_v3_service_and_other_users_refused() {
     use protobuf::Message;
     use std::os::unix::fs::PermissionsExt;
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -616,7 +616,7 @@ fn context_switches(pid: u32) -> u64 {
 
 #[test]
 fn a_shim_sleeps_right_after_publishing_events() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -640,7 +640,7 @@ fn a_shim_sleeps_right_after_publishing_events() {
 
 #[test]
 fn sigkill_of_the_shim_is_cleaned_up_by_shim_delete() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();

@@ -5,10 +5,9 @@
 //!
 //! The `make test` sizes; the large ones are in tests/stress.rs and tests/faults.rs (`make stress`).
 //! Each test prints its figures. The bounds (threads, backlog) are the design's, in
-//! tests/support/load.rs: MAX_THREADS, BACKLOG_ANSWERS, MAX_RSS_KIB_UNDER_BACKLOG.
+//! tests/harness/load.rs: MAX_THREADS, BACKLOG_ANSWERS, MAX_RSS_KIB_UNDER_BACKLOG.
 
-mod common;
-mod support;
+mod harness;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,15 +15,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use containerd_shim_rustrunc_v2::frame;
 use containerd_shim_rustrunc_v2::protos::shim::shim::*;
-use support::load::{
+use harness::load::{
     park_waits, peak_line, wrong_wait_answers, Parked, BACKLOG_ANSWERS, MAX_RSS_KIB_UNDER_BACKLOG, MAX_THREADS,
     RELEASE_TIMEOUT,
 };
-use support::procs;
-use support::shim::{ctx, run_shim, spec_json, DirectShim};
-use support::ttrpc_raw::{id_payload, TASK_SERVICE, TYPE_RESPONSE};
+use harness::procs;
+use harness::shim::{ctx, run_shim, spec_json, DirectShim};
+use harness::ttrpc_raw::{id_payload, TASK_SERVICE, TYPE_RESPONSE};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// Pending Waits in `make test` (5,000 in `make stress`).
 const WAITS: usize = 1_000;
@@ -57,7 +57,7 @@ fn kill(shim: &DirectShim, id: &str, signal: i32) -> ttrpc::Result<protobuf::wel
 /// Figures once they hold still (two looks 300 ms apart agree), at most 10 s.
 fn settled(pid: u32) -> procs::Figures {
     let mut last = procs::figures(pid).expect("the shim is running");
-    support::eventually(Duration::from_secs(10), || {
+    harness::eventually(Duration::from_secs(10), || {
         std::thread::sleep(Duration::from_millis(300));
         let now = procs::figures(pid)?;
         let same = now == last;
@@ -70,16 +70,16 @@ fn settled(pid: u32) -> procs::Figures {
 /// Row 1: 1,000 Waits parked on a running init.
 #[test]
 fn pending_waits_hold_no_thread() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::load::pending_waits(WAITS);
+    harness::load::pending_waits(WAITS);
 }
 
 /// Row 2: idle connections (each made one request, then stays open) hold no thread.
 #[test]
 fn idle_connections_hold_no_thread() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -112,7 +112,7 @@ fn idle_connections_hold_no_thread() {
 /// their connections (no thread, no fd kept until the container exits), and the shim still answers.
 #[test]
 fn abandoned_waits_go_with_their_connection() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -128,7 +128,7 @@ fn abandoned_waits_go_with_their_connection() {
     let (_, during) = peak_line(shim.pid);
     drop(parked);
     let hung_up = Instant::now();
-    let released = support::eventually(RELEASE_TIMEOUT, || {
+    let released = harness::eventually(RELEASE_TIMEOUT, || {
         let f = procs::figures(shim.pid)?;
         (f.threads <= MAX_THREADS && f.fds <= before.fds).then_some(f)
     });
@@ -146,12 +146,12 @@ fn abandoned_waits_go_with_their_connection() {
     // Still controllable, and a Wait made now is answered.
     let mut conn = shim.raw().expect("connect");
     let wait = conn
-        .send(TASK_SERVICE, "Wait", &support::ttrpc_raw::wait_payload("c", ""))
+        .send(TASK_SERVICE, "Wait", &harness::ttrpc_raw::wait_payload("c", ""))
         .expect("send Wait");
     kill(&shim, "c", libc::SIGKILL).expect("Kill");
     let status = conn
         .response_for(wait)
-        .map(|r| support::ttrpc_raw::varint_field(&r.payload, 1));
+        .map(|r| harness::ttrpc_raw::varint_field(&r.payload, 1));
     assert!(
         released.is_some(),
         "after {ABANDONING_CLIENTS} clients hung up on their Waits the shim keeps {after} \
@@ -198,7 +198,7 @@ impl Drop for PidsCgroup {
         let root = Path::new("/sys/fs/cgroup/pids/cgroup.procs");
         let _ = std::fs::write(root, self.pid.to_string());
         // Whatever the shim started in here (runc) moves out too, then the cgroup can go.
-        let _ = support::eventually(Duration::from_secs(10), || {
+        let _ = harness::eventually(Duration::from_secs(10), || {
             for p in std::fs::read_to_string(self.dir.join("cgroup.procs"))
                 .unwrap_or_default()
                 .split_whitespace()
@@ -214,7 +214,7 @@ impl Drop for PidsCgroup {
 /// Start and Wait), Pids and Delete all work, and every Wait is answered.
 #[test]
 fn pids_limited_shim_stays_controllable() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -334,7 +334,7 @@ fn pids_limited_shim_stays_controllable() {
 /// client reads and gets every answer, once each.
 #[test]
 fn unread_answers_stop_the_reading() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let shim = DirectShim::start();
@@ -398,26 +398,21 @@ fn unread_answers_stop_the_reading() {
     let reading = Instant::now();
     let mut buf = std::io::BufReader::with_capacity(1 << 20, reader);
     while seen.len() < UNREAD_REQUESTS {
-        use std::io::Read;
-        let mut h = [0u8; 10];
-        if let Err(e) = buf.read_exact(&mut h) {
-            bad.push(format!("after {} answers: {e}", seen.len()));
-            break;
-        }
-        let len = u32::from_be_bytes(h[0..4].try_into().unwrap()) as usize;
-        let sid = u32::from_be_bytes(h[4..8].try_into().unwrap());
-        let mut p = vec![0u8; len];
-        if let Err(e) = buf.read_exact(&mut p) {
-            bad.push(format!("short answer on stream {sid}: {e}"));
-            break;
-        }
-        let ok = h[8] == TYPE_RESPONSE && support::ttrpc_raw::decode_response(&p).is_some_and(|r| r.code == 0);
+        let (h, p) = match frame::read(&mut buf) {
+            Ok(f) => f,
+            Err(e) => {
+                bad.push(format!("after {} answers: {e}", seen.len()));
+                break;
+            }
+        };
+        let sid = h.stream_id;
+        let ok = h.type_ == TYPE_RESPONSE && harness::ttrpc_raw::decode_response(&p).is_some_and(|r| r.code == 0);
         let first = seen.insert(sid);
         let known = sid % 2 == 1 && (sid as usize) < 2 * UNREAD_REQUESTS;
         if (!ok || !known || !first) && bad.len() < 5 {
             bad.push(format!(
                 "stream {sid}: type {}, status ok {ok}, a stream we sent {known}, first answer {first}",
-                h[8]
+                h.type_
             ));
         }
     }
@@ -445,17 +440,17 @@ fn unread_answers_stop_the_reading() {
 /// Row 6 at `make test` size: 50 execs at once in one container, each with a Wait.
 #[test]
 fn concurrent_execs_hold_no_thread() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::load::concurrent_execs(EXECS);
+    harness::load::concurrent_execs(EXECS);
 }
 
 /// Row 7: SIGUSR1 asks for a state dump in the shim's log; SIGUSR2, SIGALRM, SIGHUP and SIGPIPE
 /// are ignored. The shim keeps running and its container is not killed. (SIGTERM: tests/faults.rs.)
 #[test]
 fn signals_do_not_end_the_shim() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -471,16 +466,16 @@ fn signals_do_not_end_the_shim() {
         let id = unique_id(&name.to_lowercase());
         c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "100000"]);
         let shim = procs::shim_daemon(&c.address, &id).expect("the container's shim");
-        support::signal(shim, sig);
+        harness::signal(shim, sig);
         // The shim must still be there once the signal had time to act (a death is quick).
-        let died = support::eventually(Duration::from_secs(3), || (!procs::alive(shim)).then_some(()));
+        let died = harness::eventually(Duration::from_secs(3), || (!procs::alive(shim)).then_some(()));
         let ls = c.ctr(&["task", "ls"]);
         let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
         let running = ls
             .lines()
             .any(|l| l.split_whitespace().next() == Some(id.as_str()) && l.contains("RUNNING"));
         let dumped = sig != libc::SIGUSR1
-            || support::eventually(Duration::from_secs(10), || {
+            || harness::eventually(Duration::from_secs(10), || {
                 std::fs::read_to_string(c.dir.join("containerd.log"))
                     .ok()?
                     .contains("state dump")
@@ -517,10 +512,10 @@ fn signals_do_not_end_the_shim() {
 /// end (an exec, then the init): every exit reaches it once it is back, in order.
 #[test]
 fn exits_during_a_5s_containerd_outage_are_delivered() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::outage::crash_outage(10, Duration::from_secs(5));
+    harness::outage::crash_outage(10, Duration::from_secs(5));
 }
 
 /// A tmpfs of `size` mounted by the test on a new dir; unmounted and removed on drop.
@@ -590,7 +585,7 @@ struct NoDaemonLeft {
 impl Drop for NoDaemonLeft {
     fn drop(&mut self) {
         for p in daemons_of(&self.id) {
-            support::signal(p, libc::SIGKILL);
+            harness::signal(p, libc::SIGKILL);
         }
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
@@ -602,7 +597,7 @@ impl Drop for NoDaemonLeft {
 #[test]
 fn start_that_cannot_write_its_address_leaves_no_daemon() {
     use containerd_shim_rustrunc_v2::bootstrap::{socket_path, SOCKET_DIR};
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let fs = Tmpfs::new("256k");
@@ -628,7 +623,7 @@ fn start_that_cannot_write_its_address_leaves_no_daemon() {
     let o = shim_start(&bundle, &namespace, &id, &address, &[]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     // A daemon `start` spawned and then gave up on must be gone within this bound.
-    let left = support::eventually(Duration::from_secs(10), || {
+    let left = harness::eventually(Duration::from_secs(10), || {
         (daemons_of(&id).is_empty() && !socket.exists()).then_some(())
     });
     let (daemons, socket_left) = (daemons_of(&id), socket.exists());
@@ -653,10 +648,10 @@ fn start_that_cannot_write_its_address_leaves_no_daemon() {
 /// spawned the daemon; whether this test sees it alive first does not matter.)
 #[test]
 fn daemon_without_create_exits_by_itself() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    let dir = support::shim::TempDir::new("rr-idle");
+    let dir = harness::shim::TempDir::new("rr-idle");
     let id = unique_id("idle");
     let namespace = unique_id("rr-idle");
     let bundle = dir.0.join(&id);
@@ -683,7 +678,7 @@ fn daemon_without_create_exits_by_itself() {
     let seen = daemons_of(&id);
     // Its own bound plus slack for a loaded machine.
     let bound = Duration::from_secs(IDLE_EXIT_SECS + 20);
-    let gone = support::eventually(bound, || (daemons_of(&id).is_empty() && !socket.exists()).then_some(()));
+    let gone = harness::eventually(bound, || (daemons_of(&id).is_empty() && !socket.exists()).then_some(()));
     println!(
         "idle daemon {seen:?} (RUSTRUNC_IDLE_EXIT_SECS={secs}): {} after {:.1} s, socket {}",
         if daemons_of(&id).is_empty() {

@@ -1,12 +1,12 @@
 //! Log URIs: `binary://` (a logging binary reads the container's stdout and stderr itself) and
 //! `file://` (the shim appends both streams to a file).
 
-mod common;
+mod harness;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 fn wait_for_file(p: &std::path::Path, want: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -21,7 +21,7 @@ fn wait_for_file(p: &std::path::Path, want: &str) -> String {
 
 #[test]
 fn binary_logger_gets_stdout_and_stderr() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -63,7 +63,7 @@ fn binary_logger_gets_stdout_and_stderr() {
 
 #[test]
 fn file_log_uri_appends_both_streams() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -90,7 +90,7 @@ fn file_log_uri_appends_both_streams() {
 
 #[test]
 fn a_logger_that_cannot_start_is_a_clear_error() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();

@@ -2,13 +2,13 @@
 //! the way ctr 1.6 can give them to a runtime not named io.containerd.runc*: a TOML file
 //! (`--runtime-config-path`, sent as runtimeoptions.v1.Options).
 
-mod common;
+mod harness;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::events::{wait_child, wait_status};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::events::{wait_child, wait_status};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// A runtime binary that logs its argv, then runs the real one.
 fn wrapper(c: &Containerd, real: &str) -> (String, std::path::PathBuf) {
@@ -53,7 +53,7 @@ fn options_file(c: &Containerd, name: &str, toml: &str) -> String {
 
 #[test]
 fn crun_through_binary_name_with_no_pivot_root() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let Some(crun) = ["/usr/bin/crun", "/usr/sbin/crun"]
@@ -92,7 +92,7 @@ fn crun_through_binary_name_with_no_pivot_root() {
 
 #[test]
 fn io_gid_owns_the_pipes() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -112,7 +112,7 @@ fn io_gid_owns_the_pipes() {
 
 #[test]
 fn shim_cgroup_and_runc_root() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let hierarchy = Path::new("/sys/fs/cgroup/pids");
@@ -159,7 +159,7 @@ fn shim_cgroup_and_runc_root() {
 
 #[test]
 fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -213,7 +213,7 @@ fn kill_signals_a_running_init_itself_and_leaves_paused_ones_to_runc() {
 
 #[test]
 fn kill_during_an_exec_start_waits_for_it_instead_of_failing() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();
@@ -244,7 +244,7 @@ fn kill_during_an_exec_start_waits_for_it_instead_of_failing() {
 
 #[test]
 fn state_is_answered_while_every_worker_runs_runc() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     let c = Containerd::start();

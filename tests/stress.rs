@@ -16,8 +16,7 @@
 //! Counts can be lowered for a quick look: RR_STRESS_LIFECYCLES=100 RR_STRESS_EXECS=100.
 //! Figures are printed (`--nocapture`): the shim's threads, fds and VmRSS before and after.
 
-mod common;
-mod support;
+mod harness;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,11 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::events::{wait_status, Event, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::events::{wait_status, Event, Events};
+use harness::procs::{self, Figures};
+use harness::{hex, KillOnDrop};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 use sha2::{Digest, Sha256};
-use support::procs::{self, Figures};
-use support::{hex, KillOnDrop};
 
 const WORKERS: usize = 2;
 /// Slack allowed on the shim's resident memory after the churn (allocator arenas, caches).
@@ -88,7 +87,7 @@ fn steady_figures(pid: u32) -> Figures {
 
 /// Waits (≤ 20 s) for the shim's fds and threads to come back down to `before`.
 fn settled_figures(pid: u32, before: Figures) -> Figures {
-    support::eventually(Duration::from_secs(20), || {
+    harness::eventually(Duration::from_secs(20), || {
         let f = procs::figures(pid)?;
         (f.fds <= before.fds && f.threads <= before.threads).then_some(f)
     })
@@ -119,7 +118,7 @@ fn assert_flat(what: &str, pid: u32, before: Figures, after: Figures) {
 
 /// `ctr <args>` under script(1), bounded: (exit code, output).
 fn ctr_tty(c: &Containerd, args: &[&str]) -> (Option<i32>, Vec<u8>) {
-    support::run_bounded(c.tty_command(args), Duration::from_secs(120))
+    harness::run_bounded(c.tty_command(args), Duration::from_secs(120))
         .map(|o| (o.status.code(), o.stdout))
         .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -136,7 +135,7 @@ fn kill_mid_output(
         .stderr(std::process::Stdio::piped());
     let mut child = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn: {e}"))?);
     let mut out = child.0.stdout.take().unwrap();
-    let _err = support::drain(child.0.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let _err = harness::drain(child.0.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
     let seen = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
     {
@@ -161,7 +160,7 @@ fn kill_mid_output(
     rx.recv_timeout(Duration::from_secs(60))
         .map_err(|_| format!("only {} bytes of output in 60 s", seen.load(Ordering::SeqCst)))?;
     kill();
-    let status = support::wait_bounded(&mut child.0, Duration::from_secs(60))
+    let status = harness::wait_bounded(&mut child.0, Duration::from_secs(60))
         .ok_or_else(|| "did not exit within 60 s of the kill".to_string())?;
     Ok((status.code(), seen.load(Ordering::SeqCst)))
 }
@@ -217,7 +216,7 @@ fn diagnose(c: &Containerd, id: &str, shim_hint: Option<u32>) -> String {
     let ctr = |args: &[&str]| {
         let mut cmd = std::process::Command::new("ctr");
         cmd.args(["--address", &c.address, "-n", &c.namespace]).args(args);
-        match support::run_bounded(cmd, Duration::from_secs(10)) {
+        match harness::run_bounded(cmd, Duration::from_secs(10)) {
             Ok(o) => format!(
                 "{}{}",
                 String::from_utf8_lossy(&o.stdout),
@@ -264,7 +263,7 @@ fn diagnose(c: &Containerd, id: &str, shim_hint: Option<u32>) -> String {
         if Path::new("/usr/bin/gdb").exists() {
             let mut gdb = std::process::Command::new("gdb");
             gdb.args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"]);
-            match support::run_bounded(gdb, Duration::from_secs(60)) {
+            match harness::run_bounded(gdb, Duration::from_secs(60)) {
                 Ok(o) => out += &format!("--- gdb: thread apply all bt\n{}", String::from_utf8_lossy(&o.stdout)),
                 Err(e) => out += &format!("--- gdb: {e}\n"),
             }
@@ -279,7 +278,7 @@ fn diagnose(c: &Containerd, id: &str, shim_hint: Option<u32>) -> String {
 /// its start event. `expected`: (container id, exec id or "" for init, exit status).
 fn check_exits(events: &str, expected: &[(String, String, u32)]) {
     let mut problems = Vec::new();
-    let all = common::events::parse(events);
+    let all = harness::events::parse(events);
     for (cid, exec_id, status) in expected {
         let evs: Vec<(usize, &Event)> = all.iter().enumerate().filter(|(_, e)| e.container() == cid).collect();
         let (start_topic, pid_id) = if exec_id.is_empty() {
@@ -342,7 +341,7 @@ fn churn_residue(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> 
     for z in procs::lasting_zombies(anchor_shim) {
         v.push(format!("zombie child of the shim: {z}"));
     }
-    if let Some(cd) = support::restart::containerd_pid(c) {
+    if let Some(cd) = harness::restart::containerd_pid(c) {
         for z in procs::lasting_zombies(cd) {
             v.push(format!("zombie child of containerd: {z}"));
         }
@@ -539,7 +538,7 @@ fn lifecycle(c: &Containerd, id: &str, group: Option<&str>, kind: usize) -> u32 
 #[test]
 #[ignore = "stress: 1,000 lifecycles (make stress)"]
 fn thousand_lifecycles_leave_nothing() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     xdg_dir();
@@ -743,7 +742,7 @@ fn exec(c: &Containerd, anchor: &str, exec_id: &str, kind: usize) -> u32 {
 #[test]
 #[ignore = "stress: 1,000 execs (make stress)"]
 fn thousand_execs_keep_the_shim_flat() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     xdg_dir();
@@ -811,12 +810,10 @@ fn thousand_execs_keep_the_shim_flat() {
 #[test]
 #[ignore = "stress: 200 TTY processes through a shim started by hand (make stress)"]
 fn tty_output_is_complete_at_the_shim() {
-    use containerd_shim_rustrunc_v2::protos::shim::shim::{
-        CreateTaskRequest, DeleteRequest, StartRequest, WaitRequest,
-    };
+    use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, DeleteRequest, WaitRequest};
+    use harness::shim::{busybox_rootfs, create_start, ctx, tty_spec_json, DirectShim};
     use std::os::unix::fs::OpenOptionsExt;
-    use support::shim::{busybox_rootfs, ctx, tty_spec_json, DirectShim};
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     xdg_dir();
@@ -843,27 +840,14 @@ fn tty_output_is_complete_at_the_shim() {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        client
-            .create(
-                ctx(),
-                &CreateTaskRequest {
-                    id: id.clone(),
-                    bundle: bundle.to_string_lossy().into_owned(),
-                    terminal: true,
-                    stdout: fifo.to_string_lossy().into_owned(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
-        client
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"));
+        let req = CreateTaskRequest {
+            id: id.clone(),
+            bundle: bundle.to_string_lossy().into_owned(),
+            terminal: true,
+            stdout: fifo.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        create_start(&client, req).unwrap_or_else(|e| panic!("{id}: {e}"));
         // Until EOF: the shim closes its end once the terminal is drained after the exit.
         let mut text = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -934,7 +918,7 @@ fn split_trailer(stream: &[u8]) -> (&[u8], String) {
 #[test]
 #[ignore = "stress: 20 x 2 x 16 MiB (make stress)"]
 fn twenty_streams_of_16mib_arrive_intact() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
     const CONTAINERS: usize = 20;
@@ -1028,24 +1012,24 @@ fn twenty_streams_of_16mib_arrive_intact() {
 
 // ---- load (issue 11) ---------------------------------------------------------------------------
 
-/// 5,000 Waits parked on one init: threads stay at most support::load::MAX_THREADS; RSS and VmSize
+/// 5,000 Waits parked on one init: threads stay at most harness::load::MAX_THREADS; RSS and VmSize
 /// printed; every Wait answered 137 once the init is killed.
 #[test]
 #[ignore = "stress: 5,000 pending Waits (make stress)"]
 fn five_thousand_pending_waits_hold_no_thread() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::load::pending_waits(count("RR_STRESS_WAITS", 5_000));
+    harness::load::pending_waits(count("RR_STRESS_WAITS", 5_000));
 }
 
 /// 200 execs running at once in one container, a Wait each: threads sampled through the run stay
-/// at most support::load::MAX_THREADS; each exec's exit status is its own.
+/// at most harness::load::MAX_THREADS; each exec's exit status is its own.
 #[test]
 #[ignore = "stress: 200 concurrent execs (make stress)"]
 fn two_hundred_concurrent_execs_hold_no_thread() {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return;
     }
-    support::load::concurrent_execs(count("RR_STRESS_CONCURRENT_EXECS", 200));
+    harness::load::concurrent_execs(count("RR_STRESS_CONCURRENT_EXECS", 200));
 }

@@ -6,7 +6,7 @@
 //! For each: the lifecycle through ctr (output, exit codes, exec, pause/resume, kill, delete, the events
 //! in order, which task API containerd chose), a TTY run, and a containerd restart under a running task.
 
-mod common;
+mod harness;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::events::{self, wait_status, Events};
-use common::{unique_id, Containerd, IMAGE, RUNTIME};
+use harness::events::{self, wait_status, Events};
+use harness::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// A containerd release to test: where its binaries are and what `ctr version` must report.
 struct Release {
@@ -43,7 +43,7 @@ fn fetched(suite: &str, version_prefix: &str) -> Release {
 
 /// Starts a containerd of `r` with the shim registered, or prints why not and returns None.
 fn start(r: &Release) -> Option<Containerd> {
-    if common::skip_if_unsupported() {
+    if harness::skip_if_unsupported() {
         return None;
     }
     for b in ["containerd", "ctr"] {

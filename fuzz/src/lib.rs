@@ -5,7 +5,9 @@
 //! - whatever runtime options decode also survive `<bundle>/options.json` (Create writes it with
 //!   serde, `shim delete` reads it back): the JSON round trip gives the same options;
 //! - decoding is deterministic;
-//! - `cli::parse` accepts the argv it would print back for the flags it parsed, with the same result.
+//! - `cli::parse` accepts the argv it would print back for the flags it parsed, with the same result;
+//! - the ttrpc frame decoder gives the same frames however the bytes are cut, and each frame it
+//!   gives encodes back to the bytes it came from.
 //!
 //! Not fuzzed: `mount`'s option parsing is private (`parse_options`) and only reachable through
 //! `Mount::mount_at`, which calls mount(2).
@@ -153,4 +155,48 @@ pub fn render(f: &Flags) -> Vec<String> {
         Action::Delete => v.push("delete".into()),
     }
     v
+}
+
+/// A byte stream read by the ttrpc server: the first byte says where the stream is cut in two.
+pub fn ttrpc_frames(data: &[u8]) {
+    use containerd_shim_rustrunc_v2::frame::{self, Decoded, Decoder};
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let decode = |pieces: &[&[u8]]| {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        for p in pieces {
+            d.feed(p);
+            while let Some(f) = d.next_frame() {
+                out.push(f);
+            }
+        }
+        (out, d.buffered())
+    };
+    let whole = decode(&[stream]);
+    let at = (cut as usize * stream.len()) / 255;
+    assert_eq!(decode(&[&stream[..at], &stream[at..]]), whole, "cut at {at}");
+    // Frames and skipped payloads account for every byte but a partial frame at the end.
+    let mut again = Vec::new();
+    let mut skipped = false;
+    for f in &whole.0 {
+        match f {
+            Decoded::Frame(h, p) => {
+                assert_eq!(h.length as usize, p.len());
+                assert!(p.len() <= frame::MAX_LENGTH);
+                again.extend(frame::encode(h.stream_id, h.type_, h.flags, p));
+            }
+            Decoded::TooLong(h) => {
+                assert!(h.too_long());
+                again.extend(h.encode());
+                skipped = true;
+                break; // its payload is skipped as it comes: nothing after it is comparable here
+            }
+        }
+    }
+    if !skipped {
+        assert_eq!(again.len() + whole.1, stream.len());
+    }
+    assert_eq!(&stream[..again.len()], &again[..]);
 }

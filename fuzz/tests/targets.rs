@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use containerd_shim_rustrunc_v2::frame;
 use containerd_shim_rustrunc_v2::protos::shim::api::Options as RuntimeOptions;
 use containerd_shim_rustrunc_v2::protos::shim::bootstrap::{BootstrapParams, Extension};
 use containerd_shim_rustrunc_v2::protos::shim::oci::Options as RuncOptions;
@@ -16,11 +17,12 @@ use protobuf::Message;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("start_stdin", targets::start_stdin),
     ("options_any", targets::options_any),
     ("options_toml", targets::options_toml),
     ("cli_parse", targets::cli_parse),
+    ("ttrpc_frames", targets::ttrpc_frames),
 ];
 
 fn any<M: Message>(url: &str, m: &M) -> Any {
@@ -149,6 +151,26 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     ));
     v.push(("cli_parse", "version", argv(&["-v"])));
     v.push(("cli_parse", "bad", argv(&["-bogus", "--", "-x", "stop"])));
+    // ttrpc_frames: a cut byte, then frames as a client sends them.
+    let frames = |list: &[(u32, u8, &[u8])]| {
+        let mut v = vec![128u8];
+        for (sid, ty, p) in list {
+            frame::encode_into(*sid, *ty, 0, p, &mut v);
+        }
+        v
+    };
+    v.push((
+        "ttrpc_frames",
+        "requests",
+        frames(&[(1, 1, b"\x0a\x01x"), (3, 1, b""), (5, 3, b"data")]),
+    ));
+    let mut over = frames(&[(1, 1, b"ok")]);
+    over.extend(frame::Header::new(3, 1, frame::MAX_LENGTH + 1).encode());
+    over.extend([0u8; 64]);
+    v.push(("ttrpc_frames", "oversize", over));
+    let mut partial = frames(&[(7, 2, b"answer")]);
+    partial.extend(&[0, 0, 0, 9, 0, 0]);
+    v.push(("ttrpc_frames", "partial", partial));
     v
 }
 

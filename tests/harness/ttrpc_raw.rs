@@ -1,18 +1,19 @@
 //! ttrpc by hand, to send what a well-behaved client never would.
 //!
-//! Wire: a 10-byte header (u32 BE payload length, u32 BE stream id, odd for client-initiated
-//! streams, u8 type: 1 request, 2 response, u8 flags), then the payload. A request payload is the
-//! protobuf `ttrpc.Request{service=1, method=2, payload=3, timeout_nano=4, metadata=5}`, a response
-//! `ttrpc.Response{status=1 google.rpc.Status{code=1, message=2}, payload=2}`.
+//! Frames are the shim's own codec (`frame`); the payloads are encoded here by hand, so that they
+//! can be malformed on purpose. A request payload is the protobuf `ttrpc.Request{service=1,
+//! method=2, payload=3, timeout_nano=4, metadata=5}`, a response `ttrpc.Response{status=1
+//! google.rpc.Status{code=1, message=2}, payload=2}`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use containerd_shim_rustrunc_v2::frame;
+pub use containerd_shim_rustrunc_v2::frame::{TYPE_REQUEST, TYPE_RESPONSE};
+
 pub const TASK_SERVICE: &str = "containerd.task.v2.Task";
-pub const TYPE_REQUEST: u8 = 1;
-pub const TYPE_RESPONSE: u8 = 2;
 
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     loop {
@@ -136,13 +137,7 @@ impl Conn {
     }
 
     pub fn frame(&mut self, stream_id: u32, ty: u8, flags: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(10 + payload.len());
-        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        buf.extend_from_slice(&stream_id.to_be_bytes());
-        buf.push(ty);
-        buf.push(flags);
-        buf.extend_from_slice(payload);
-        self.stream.write_all(&buf)
+        frame::write(&mut self.stream, stream_id, ty, flags, payload)
     }
 
     pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -151,13 +146,8 @@ impl Conn {
 
     /// Reads one frame: (stream id, type, payload). Err on EOF, timeout or a short read.
     pub fn read_frame(&mut self) -> std::io::Result<(u32, u8, Vec<u8>)> {
-        let mut h = [0u8; 10];
-        self.stream.read_exact(&mut h)?;
-        let len = u32::from_be_bytes(h[0..4].try_into().unwrap()) as usize;
-        let sid = u32::from_be_bytes(h[4..8].try_into().unwrap());
-        let mut p = vec![0u8; len];
-        self.stream.read_exact(&mut p)?;
-        Ok((sid, h[8], p))
+        let (h, p) = frame::read(&mut self.stream)?;
+        Ok((h.stream_id, h.type_, p))
     }
 
     /// Sends a request on a fresh stream id and waits for its response. Err(text) when the
@@ -183,16 +173,12 @@ impl Conn {
     /// `n` requests in one write (pipelined, nothing read): their stream ids.
     pub fn send_many(&mut self, service: &str, method: &str, payload: &[u8], n: usize) -> std::io::Result<Vec<u32>> {
         let req = encode_request(service, method, payload, 0);
-        let mut buf = Vec::with_capacity(n * (10 + req.len()));
+        let mut buf = Vec::with_capacity(n * (frame::HEADER_LENGTH + req.len()));
         let mut sids = Vec::with_capacity(n);
         for _ in 0..n {
             let sid = self.next_stream;
             self.next_stream += 2;
-            buf.extend_from_slice(&(req.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&sid.to_be_bytes());
-            buf.push(TYPE_REQUEST);
-            buf.push(0);
-            buf.extend_from_slice(&req);
+            frame::encode_into(sid, TYPE_REQUEST, 0, &req, &mut buf);
             sids.push(sid);
         }
         self.stream.write_all(&buf)?;

@@ -1,14 +1,14 @@
-//! Integration-test harness: a private containerd per test, driven with `ctr`.
+//! The containerd layer: a private containerd per test, driven with `ctr`.
 //!
 //! ```ignore
-//! mod common;
-//! use common::{Containerd, IMAGE, RUNTIME};
+//! mod harness;
+//! use harness::{Containerd, IMAGE, RUNTIME};
 //!
 //! #[test]
 //! fn lifecycle() {
-//!     if common::skip_if_unsupported() { return; }
+//!     if harness::skip_if_unsupported() { return; }
 //!     let c = Containerd::start();
-//!     let id = common::unique_id("life");
+//!     let id = harness::unique_id("life");
 //!     let out = c.ctr_ok(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "echo", "hi"]);
 //!     assert_eq!(out, "hi\n");
 //!     assert_eq!(c.leftovers(), Vec::<String>::new());
@@ -31,22 +31,19 @@
 //!
 //! Only std is used; external tools: containerd, ctr, runc, kill, umount,
 //! and bash + test-fixtures/build-image.sh to make the image.
-#![allow(dead_code)] // each test file uses a different part of the API
-
-pub mod events;
-pub mod writer;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
+
+use super::host::*;
+use super::procs;
 
 /// The busybox image imported into every containerd (built by
 /// test-fixtures/build-image.sh).
@@ -65,28 +62,12 @@ const DEFAULT_BIN_DIR: &str = "/usr/bin";
 pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the shims' sockets live: containerd 1.6+ hard-codes it
 /// (`/run/containerd/s/<sha256(address/ns/id)>`), whatever `state` says.
-const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// A ctr command that takes longer than this is hung: kill it and fail.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Shorter bound for each ctr call made during cleanup.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest ctr_stdin holds stdin open waiting for the process to start.
-const STDIN_GATE_TIMEOUT: Duration = Duration::from_secs(5);
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// `prefix-<pid>-<n>`: unique among concurrently running tests (threads and
-/// processes), and a valid container id.
-pub fn unique_id(prefix: &str) -> String {
-    format!(
-        "{}-{}-{}",
-        prefix,
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 /// `["--runtime", RUNTIME]`, to splice into `ctr run` arguments.
 pub fn runtime_args() -> [&'static str; 2] {
     ["--runtime", RUNTIME]
@@ -104,15 +85,7 @@ pub fn skip_if_unsupported() -> bool {
             .find(|p| !p.exists())
             .map(|p| format!("{} is missing (run scripts/install-deps.sh)", p.display()))
     };
-    match reason {
-        Some(r) => {
-            // Straight to fd 2: the test harness captures print!/eprint!
-            // output of passing tests, and a skip should be visible.
-            let _ = writeln!(std::io::stderr(), "skipped: {r}");
-            true
-        }
-        None => false,
-    }
+    reason.inspect(|r| skip(r)).is_some()
 }
 
 /// The directory of containerd and ctr for `Containerd::start`.
@@ -121,18 +94,6 @@ pub fn default_bin_dir() -> PathBuf {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => PathBuf::from(DEFAULT_BIN_DIR),
     }
-}
-
-pub fn is_root() -> bool {
-    // std has no geteuid(); /proc/self/status says "Uid: real effective ...".
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Builds the image tar once per test process, or reuses the one a
@@ -174,86 +135,6 @@ fn image_tar() -> &'static Path {
     })
 }
 
-/// Runs `cmd` with an optional stdin, collecting its output; kills it and
-/// returns Err if it has not exited within `timeout`. Pipes are drained by
-/// threads so a chatty child cannot block on a full pipe. The one bounded
-/// command runner of all the harnesses (tests/support and tests/cri use it).
-pub fn run_with_timeout(cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output, String> {
-    run_gated(cmd, input, None, timeout)
-}
-
-/// `run_with_timeout` with no stdin.
-pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output, String> {
-    run_gated(cmd, None, None, timeout)
-}
-
-/// `run_with_timeout`, but stdin is closed (EOF) only once `close_gate`
-/// fires or STDIN_GATE_TIMEOUT passed, whichever is first.
-fn run_gated(
-    mut cmd: Command,
-    input: Option<&[u8]>,
-    close_gate: Option<mpsc::Receiver<()>>,
-    timeout: Duration,
-) -> Result<Output, String> {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    if let Some(data) = input {
-        let mut stdin = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        // Writing from a thread: the child may not read all of it before it
-        // writes output; dropping stdin at the end signals EOF.
-        thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-            if let Some(gate) = close_gate {
-                let _ = gate.recv_timeout(STDIN_GATE_TIMEOUT);
-            }
-        });
-    }
-    let out_rx = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err_rx = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let status = wait_bounded(&mut child, timeout)
-        .ok_or_else(|| format!("{cmd:?} did not finish within {timeout:?}; killed it"))?;
-    // A grandchild could hold the pipes open; don't wait for it forever.
-    let grace = Duration::from_secs(5);
-    Ok(Output {
-        status,
-        stdout: out_rx.recv_timeout(grace).unwrap_or_default(),
-        stderr: err_rx.recv_timeout(grace).unwrap_or_default(),
-    })
-}
-
-/// Reads `r` to its end on a thread; the receiver gets everything once it is done.
-pub fn drain(r: Option<Box<dyn Read + Send>>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut buf);
-        }
-        let _ = tx.send(buf);
-    });
-    rx
-}
-
-/// Waits for `child` for at most `timeout`; on timeout (or a failed wait)
-/// kills it, reaps it and returns None.
-pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
 pub struct Containerd {
     /// Temp dir holding config, root, state, socket and containerd.log.
     pub dir: PathBuf,
@@ -277,7 +158,7 @@ impl Containerd {
     /// `start`, with `<bin_dir>/containerd` and `<bin_dir>/ctr` (any
     /// release from 1.6 on; 2.x migrates the version 2 config on load).
     pub fn start_with(bin_dir: &Path) -> Containerd {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = super::next_n();
         // Short: the socket path must stay under the 108-byte sun_path limit.
         let dir = PathBuf::from(format!("/tmp/rr-{}-{}", std::process::id(), n));
         if dir.exists() {
@@ -449,7 +330,9 @@ impl Containerd {
         thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Some(e) = events::Event::parse(&line) else { continue };
+                let Some(e) = super::events::Event::parse(&line) else {
+                    continue;
+                };
                 let started = e.topic == "/tasks/start" || e.topic == "/tasks/exec-started";
                 if started && ids.iter().any(|id| e.container() == id) {
                     let _ = tx.send(());
@@ -553,7 +436,7 @@ impl Containerd {
         for e in dir_entries(&bundles) {
             found.push(format!("bundle dir {}", e.display()));
         }
-        for cg in ns_cgroup_dirs(&self.namespace) {
+        for cg in cgroup_dirs(&self.namespace) {
             for e in dir_entries(&cg).into_iter().filter(|e| e.is_dir()) {
                 found.push(format!("cgroup {}", e.display()));
             }
@@ -611,7 +494,7 @@ impl Containerd {
             let _ = fs::remove_dir_all(&e);
         }
         let _ = fs::remove_dir(&root);
-        for cg in ns_cgroup_dirs(&self.namespace) {
+        for cg in cgroup_dirs(&self.namespace) {
             remove_cgroup_tree(&cg);
         }
         // 5. Mounts and the temp dir.
@@ -683,74 +566,11 @@ pub fn terminate_containerd(child: &mut Child) {
     }
 }
 
-/// SIGTERM to `child`, then up to `grace` for it to exit; if it has not, kills and reaps it and
-/// returns false. Never panics (cleanup runs it while a failed test unwinds).
-pub fn term_then_kill(child: &mut Child, grace: Duration) -> bool {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    wait_bounded(child, grace).is_some()
-}
-
 /// The last `n` lines of `<dir>/containerd.log` (the shims' logs end up there too).
 pub fn log_tail(dir: &Path, n: usize) -> String {
     let log = fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Unmounts (lazily, deepest first) everything under `dir`, then removes it.
-/// Unmounts whatever is mounted under `dir`, then removes it.
-pub fn cleanup_dir(dir: &Path) {
-    for m in mounts_under(dir) {
-        let _ = Command::new("umount").args(["-l", &m]).stderr(Stdio::null()).status();
-    }
-    if let Err(e) = fs::remove_dir_all(dir) {
-        if dir.exists() {
-            eprintln!("harness: could not remove {}: {e}", dir.display());
-        }
-    }
-}
-
-/// Mount points at or under `dir` per /proc/self/mountinfo, deepest first.
-/// Mount points at or under `dir` in this mount namespace (which containerd
-/// and the shims share), deepest first: the order to unmount them in.
-/// Every harness's one reader of mountinfo.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy();
-    let prefix = format!("{dir}/");
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| *m == *dir || m.starts_with(&prefix))
-        .collect();
-    mounts.reverse(); // later mounts may sit on top of earlier ones
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count())); // stable
-    mounts.dedup();
-    mounts
-}
-
-/// The kernel writes a mount point into mountinfo with exactly four bytes
-/// escaped as `\ooo`: space, tab, newline and backslash. The backslash goes
-/// last, so `\134040` (a literal `\040` in the path) stays `\040`.
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn cmdline(pid: u32) -> String {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string()
 }
 
 /// Live (non-zombie) shim processes of the containerd at `address`, with
@@ -761,23 +581,12 @@ pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
     let me = std::process::id();
     let ttrpc = format!("{address}.ttrpc");
     let mut found = Vec::new();
-    for e in dir_entries(Path::new("/proc")) {
-        let Some(pid) = e
-            .file_name()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in procs::all_pids() {
         if pid == me {
             continue;
         }
-        let raw = fs::read(e.join("cmdline")).unwrap_or_default();
-        let argv: Vec<String> = raw
-            .split(|&c| c == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let e = PathBuf::from(format!("/proc/{pid}"));
+        let argv = procs::argv(pid);
         if !argv.iter().any(|a| a.contains("containerd-shim")) {
             continue; // zombies have an empty cmdline and are skipped here too
         }
@@ -796,46 +605,6 @@ pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
 
 fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
     shim_processes(address, dir).into_iter().map(|(pid, _)| pid).collect()
-}
-
-pub fn is_zombie(pid: u32) -> bool {
-    // /proc/<pid>/stat: "pid (comm) S ..."; comm may contain spaces/parens.
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(") ")
-        .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-        .unwrap_or(true)
-}
-
-/// `/sys/fs/cgroup/<ns>` (cgroup v2) and `/sys/fs/cgroup/<controller>/<ns>`
-/// (v1): where runc puts containers whose cgroupsPath is `/<ns>/<id>`, as
-/// ctr sets it.
-fn ns_cgroup_dirs(ns: &str) -> Vec<PathBuf> {
-    let base = Path::new("/sys/fs/cgroup");
-    let mut v = vec![base.join(ns)];
-    v.extend(dir_entries(base).into_iter().map(|c| c.join(ns)));
-    v.into_iter().filter(|p| p.is_dir()).collect()
-}
-
-/// Kills every process in a cgroup tree, then removes it bottom-up.
-pub fn remove_cgroup_tree(cg: &Path) {
-    for child in dir_entries(cg).into_iter().filter(|p| p.is_dir()) {
-        remove_cgroup_tree(&child);
-    }
-    for _ in 0..50 {
-        let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-        // Never pid 1, whatever a cgroup says.
-        let pids: Vec<&str> = procs.split_whitespace().filter(|p| *p != "1").collect();
-        if pids.is_empty() || fs::remove_dir(cg).is_ok() {
-            break;
-        }
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .args(&pids)
-            .stderr(Stdio::null())
-            .status();
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = fs::remove_dir(cg);
 }
 
 /// Sockets in /run/containerd/s created since `since` that nothing listens
@@ -866,50 +635,4 @@ fn stale_shim_sockets(since: SystemTime) -> Vec<PathBuf> {
     }
     thread::sleep(Duration::from_millis(300));
     candidates().into_iter().filter(|p| first.contains(p)).collect()
-}
-
-/// Listening unix sockets (flag __SO_ACCEPTCON) in /proc/net/unix, as
-/// (inode, path).
-fn listening_unix() -> Vec<(String, Vec<u8>)> {
-    let table = fs::read("/proc/net/unix").unwrap_or_default();
-    table
-        .split(|&c| c == b'\n')
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&[u8]> = line.split(|&c| c == b' ').filter(|c| !c.is_empty()).collect();
-            (cols.len() >= 8 && cols[3] == b"00010000")
-                .then(|| (String::from_utf8_lossy(cols[6]).into_owned(), cols[7].to_vec()))
-        })
-        .collect()
-}
-
-fn listening_unix_sockets() -> Vec<Vec<u8>> {
-    listening_unix().into_iter().map(|(_, path)| path).collect()
-}
-
-/// Paths of the unix sockets that processes `pids` listen on (their fds
-/// link to "socket:[<inode>]").
-pub fn listening_sockets_of(pids: &[u32]) -> Vec<PathBuf> {
-    let listening = listening_unix();
-    let mut paths = Vec::new();
-    for pid in pids {
-        for fd in dir_entries(Path::new(&format!("/proc/{pid}/fd"))) {
-            let Ok(target) = fs::read_link(&fd) else { continue };
-            let target = target.to_string_lossy().into_owned();
-            let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) else {
-                continue;
-            };
-            for (ino, path) in &listening {
-                if ino == inode {
-                    paths.push(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
-                }
-            }
-        }
-    }
-    paths
-}
-
-/// `s` as one word for sh.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }

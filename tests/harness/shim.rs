@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest};
 use containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient;
 
 use super::procs::{self, Figures};
 use super::ttrpc_raw::Conn;
-use crate::common::SHIM_BIN;
+use super::SHIM_BIN;
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
@@ -147,6 +148,17 @@ fn spec(namespace: &str, id: &str, args: &[&str], terminal: bool) -> String {
     .to_string()
 }
 
+/// Create (with `req`, its bundle ready) then Start of that init: its pid, or which call failed.
+pub fn create_start(client: &TaskClient, req: CreateTaskRequest) -> Result<u32, String> {
+    let id = req.id.clone();
+    client.create(ctx(), &req).map_err(|e| format!("Create: {e:?}"))?;
+    let start = StartRequest {
+        id,
+        ..Default::default()
+    };
+    Ok(client.start(ctx(), &start).map_err(|e| format!("Start: {e:?}"))?.pid)
+}
+
 impl DirectShim {
     /// `shim start` in a fresh bundle; waits for the daemon it spawned.
     pub fn start() -> DirectShim {
@@ -238,30 +250,14 @@ impl DirectShim {
 
     /// Creates and starts container `id` (busybox `args`, no stdio): its pid.
     pub fn run(&self, id: &str, args: &[&str]) -> u32 {
-        use containerd_shim_rustrunc_v2::protos::shim::shim::{CreateTaskRequest, StartRequest};
         let bundle = self.bundle(id, Some(&spec_json(&self.namespace, id, args)));
         busybox_rootfs(&bundle);
-        let client = self.client();
-        client
-            .create(
-                ctx(),
-                &CreateTaskRequest {
-                    id: id.into(),
-                    bundle: bundle.to_string_lossy().into_owned(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Create: {e:?}"));
-        client
-            .start(
-                ctx(),
-                &StartRequest {
-                    id: id.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("{id}: Start: {e:?}"))
-            .pid
+        let req = CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        create_start(&self.client(), req).unwrap_or_else(|e| panic!("{id}: {e}"))
     }
 
     pub fn raw(&self) -> std::io::Result<Conn> {

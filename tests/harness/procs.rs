@@ -92,7 +92,7 @@ pub fn state(pid: u32) -> Option<char> {
     stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
 }
 
-fn ppid(pid: u32) -> Option<u32> {
+pub fn ppid(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
 }
@@ -191,16 +191,10 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-pub use crate::common::mounts_under;
+pub use super::mounts_under;
 
 /// Entries of a directory (empty if it does not exist), sorted.
-pub fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+pub use super::dir_entries as entries;
 
 /// Every fifo under `dir`, recursively.
 pub fn fifos_under(dir: &Path) -> Vec<PathBuf> {

@@ -1,7 +1,7 @@
 //! Stopping the harness's containerd and starting another one on the same config, root, state and
 //! socket: what a containerd restart (upgrade, crash, systemctl restart) looks like to a shim.
 //!
-//! tests/common owns the first containerd (`Containerd`, a `Child` it reaps on drop); it has no
+//! The containerd layer owns the first containerd (`Containerd`, a `Child` it reaps on drop); it has no
 //! restart API. `stop` sends that process SIGTERM (found through its `--config <dir>/config.toml`
 //! argv) and `Restarted::start` runs `containerd --config <dir>/config.toml` again with the same
 //! PATH. The `Restarted` guard, dropped before the `Containerd` it borrows, removes tasks and
@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::procs;
-use crate::common::{shim_dir, spawn_containerd, term_then_kill, wait_containerd_ready, Containerd};
+use super::{shim_dir, spawn_containerd, term_then_kill, wait_containerd_ready, Containerd};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 

@@ -1,4 +1,4 @@
-//! Harness of the CRI integration test (tests/cri.rs): a private containerd
+//! The CRI layer (tests/cri.rs, tests/cri_buffering.rs): a private containerd
 //! with the CRI plugin on, our shim registered as runtime handler
 //! `rustrunc`, the busybox and pause images imported into `k8s.io`, and a
 //! CRI client (tests/cri/cri_client.py, Python + grpcio in a venv made by
@@ -12,9 +12,8 @@
 //! else), inline keys on 1.7 and 2.x (which send them as TOML in
 //! `config_body`; then no options file exists at all).
 //!
-//! Its own containerd (tests/common starts one with CRI disabled), built on
-//! tests/common's pieces (each test file says `mod common;` before
-//! `mod harness;`): everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
+//! Its own containerd (the containerd layer starts one with CRI disabled),
+//! built on the host and containerd layers' pieces: everything lives in a temp dir `/tmp/rrc-<pid>-<n>`, external
 //! tools are called with time limits, and `Drop` tears everything down also
 //! when the test panicked: containerd, our shims, the containers' cgroups,
 //! runc state, mounts, the temp dir.
@@ -23,14 +22,13 @@
 //! argv has `-address <our socket>`, sockets in /run/containerd/s named
 //! after that address, the runc root `<dir>/runc` (the runtime options file
 //! sets it), and the pods' cgroup parent `/rustrunc-cri-<pid>-<n>`.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,26 +36,24 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{
+use super::{
     cleanup_dir, dir_entries, is_root, is_zombie, listening_sockets_of, mounts_under, remove_cgroup_tree, run_bounded,
     shim_processes, spawn_containerd, term_then_kill, terminate_containerd, wait_containerd_ready,
 };
 
-/// The shim under test (cargo builds it before integration tests).
-pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rustrunc-v2");
+pub use super::SHIM_BIN;
 pub const SHIM_NAME: &str = "containerd-shim-rustrunc-v2";
 /// The CRI runtime handler that test-fixtures/cri-config.toml.in registers.
 pub const HANDLER: &str = "rustrunc";
 /// CRI keeps everything in this containerd namespace.
 pub const CRI_NAMESPACE: &str = "k8s.io";
-pub const BUSYBOX_IMAGE: &str = "docker.io/library/rustrunc-busybox:latest";
+pub const BUSYBOX_IMAGE: &str = super::IMAGE;
 /// The config's sandbox_image (test-fixtures/pause/).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:rustrunc-test";
 
 /// Debian 12's containerd 1.6.
 const SYSTEM_BIN_DIR: &str = "/usr/bin";
-/// containerd 1.6/1.7 put every shim socket here, whatever `state` says.
-const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+use super::SHIM_SOCKET_DIR;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,17 +62,11 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest a single CRI call may take before the test gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Prints "skipped: <reason>" straight to fd 2 (the harness captures
-/// print! of passing tests; a skip must be visible).
-pub fn skip(reason: &str) {
-    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
-}
+pub use super::skip;
 
 /// A containerd release to run CRI on: the directory of its `containerd`
 /// and `ctr`, and what its version must start with ("" = any).
@@ -226,6 +216,22 @@ pub fn serialize() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What every CRI test does first: `release` usable here, the Python client, and this process's
+/// one-at-a-time lock. None, the reason printed, when the test should just return.
+pub fn prepare(release: &Release) -> Option<(PythonEnv, std::sync::MutexGuard<'static, ()>)> {
+    if let Some(reason) = unsupported(release) {
+        skip(&reason);
+        return None;
+    }
+    match python_env() {
+        Ok(py) => Some((py, serialize())),
+        Err(reason) => {
+            skip(&reason);
+            None
+        }
+    }
+}
+
 fn real_runc() -> Option<PathBuf> {
     [
         "/usr/sbin/runc",
@@ -337,7 +343,7 @@ impl CriContainerd {
             registration == Registration::OwnType || flavor == Flavor::V2,
             "runtime_path is containerd 2.x's; this is {version}"
         );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = super::next_n();
         let tag = format!("{}-{}", std::process::id(), n);
         // Short: the socket path must fit in sun_path (108 bytes).
         let dir = PathBuf::from(format!("/tmp/rrc-{tag}"));
@@ -529,7 +535,7 @@ impl CriContainerd {
 
     /// The last `n` lines of containerd.log (the shims' logs end up there).
     pub fn log_tail(&self, n: usize) -> String {
-        crate::common::log_tail(&self.dir, n)
+        super::log_tail(&self.dir, n)
     }
 
     /// Lines our shim logged (containerd tags them runtime=<runtime type>)
@@ -586,7 +592,7 @@ impl CriContainerd {
     }
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        cgroup_dirs(&self.cgroup_parent)
+        super::cgroup_dirs(&self.cgroup_parent)
     }
 
     /// What this containerd's pods left behind; [] after a clean teardown.
@@ -658,7 +664,7 @@ impl CriContainerd {
         let shims = shim_processes(&self.address, &self.dir);
         let sockets = listening_sockets_of(&shims.iter().map(|(p, _)| *p).collect::<Vec<_>>());
         for (pid, _) in &shims {
-            signal(*pid, "KILL");
+            super::signal(*pid, libc::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !shim_processes(&self.address, &self.dir).is_empty() && Instant::now() < deadline {
@@ -719,13 +725,6 @@ impl Drop for DirGuard {
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// The Python CRI client (tests/cri/cri_client.py), one JSON line per call.
@@ -930,31 +929,10 @@ fn shim_daemons(address: &str, dir: &Path) -> Vec<(u32, String)> {
     let pids: Vec<u32> = shims.iter().map(|(p, _)| *p).collect();
     shims
         .into_iter()
-        .filter(|(pid, _)| parent_of(*pid).is_some_and(|pp| !pids.contains(&pp)))
+        .filter(|(pid, _)| super::procs::ppid(*pid).is_some_and(|pp| !pids.contains(&pp)))
         .filter(|(pid, _)| !is_zombie(*pid))
         .map(|(pid, argv)| (pid, argv.join(" ")))
         .collect()
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|p| p.trim().parse().ok())
-}
-
-fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
-    let rel = parent.trim_start_matches('/');
-    let base = Path::new("/sys/fs/cgroup");
-    let mut v = vec![base.join(rel)];
-    v.extend(
-        dir_entries(base)
-            .into_iter()
-            .filter(|c| fs::symlink_metadata(c).is_ok_and(|m| m.is_dir()))
-            .map(|c| c.join(rel)),
-    );
-    v.into_iter().filter(|p| p.is_dir()).collect()
 }
 
 /// Whether `p` is a unix socket.

@@ -15,10 +15,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::events::{self, Event, Events};
 use super::procs;
 use super::restart::{self, Restarted};
-use crate::common::events::{self, Event, Events};
-use crate::common::{unique_id, Containerd, IMAGE, RUNTIME};
+use super::{unique_id, Containerd, IMAGE, RUNTIME};
 
 /// The Go shim's figure (containerd SIGSTOPped for 40 s, 10 containers exiting): each exit
 /// delivered up to 6 times. A forward that timed out may have been processed, so a resend can

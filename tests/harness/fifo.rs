@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::procs;
-use crate::common::Containerd;
+use super::Containerd;
 
 /// Reads a fifo into a buffer on a thread until EOF, an error or `stop`.
 pub struct FifoReader {
