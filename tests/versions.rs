@@ -485,7 +485,7 @@ fn exec_start_failing_after_init_killed(r: Release) {
         }
     };
     let finish = |n: &str, mut exec: std::process::Child| {
-        let st = common::wait_bounded(&mut exec, Duration::from_secs(60))
+        let st = harness::wait_bounded(&mut exec, Duration::from_secs(60))
             .unwrap_or_else(|| panic!("`ctr task exec` of {n} did not return"));
         let mut err = String::new();
         use std::io::Read;
