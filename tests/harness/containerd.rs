@@ -34,13 +34,13 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::host::*;
 use super::procs;
@@ -146,7 +146,9 @@ pub struct Containerd {
     /// Directory holding the containerd and ctr binaries used.
     pub bin_dir: PathBuf,
     child: Child,
-    started: SystemTime,
+    /// Every word given to ctr here (container ids among them): a leftover shim socket is this
+    /// containerd's if its name is the hash of one of them (see [`Containerd::stale_shim_sockets`]).
+    words: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Containerd {
@@ -184,7 +186,7 @@ impl Containerd {
             namespace: format!("rustrunc-test-{}-{}", std::process::id(), n),
             bin_dir: bin_dir.to_path_buf(),
             child,
-            started: SystemTime::now(),
+            words: Default::default(),
         };
         c.wait_ready();
         c.ctr_ok(&["images", "import", &image_tar().to_string_lossy()]);
@@ -218,6 +220,7 @@ impl Containerd {
     /// `ctr <args>` under script(1), which gives ctr the terminal `-t` needs; `run` and `task exec`
     /// get `--fifo-dir` like every other ctr call here.
     pub fn tty_command(&self, args: &[&str]) -> Command {
+        self.note(args);
         let ctr = self.ctr_bin().to_string_lossy().into_owned();
         let fifo_dir = self.dir.join("fifo").to_string_lossy().into_owned();
         let mut words = vec![ctr.as_str(), "--address", &self.address, "-n", &self.namespace];
@@ -282,7 +285,56 @@ impl Containerd {
     /// <dir>/fifo` right after the command words: ctr otherwise puts them in
     /// the host-wide /run/containerd/fifo and never removes them for
     /// detached (-d) or killed commands.
+    /// Records the words of a ctr command line, which name the containers (and so the shim sockets)
+    /// this containerd's tests made.
+    fn note(&self, args: &[&str]) {
+        let mut words = self.words.lock().unwrap_or_else(|e| e.into_inner());
+        words.extend(args.iter().filter(|a| !a.starts_with('-')).map(|a| a.to_string()));
+    }
+
+    /// Sockets in /run/containerd/s that a shim of this containerd made for one of the ids its tests
+    /// used (`hex(sha256(address/namespace/id))`, as containerd and the shim compute them) and that
+    /// nothing listens on. The dir is shared by every containerd on the host: another test's socket
+    /// is never counted. A socket must be dead on two looks 300 ms apart (a shim that is just
+    /// exiting removes its socket a moment later).
+    fn stale_shim_sockets(&self) -> Vec<PathBuf> {
+        let ours: std::collections::HashSet<PathBuf> = {
+            let words = self.words.lock().unwrap_or_else(|e| e.into_inner());
+            words
+                .iter()
+                .map(|w| {
+                    PathBuf::from(containerd_shim_rustrunc_v2::bootstrap::socket_path(
+                        SHIM_SOCKET_DIR,
+                        &self.address,
+                        &self.namespace,
+                        w,
+                    ))
+                })
+                .collect()
+        };
+        let candidates = || -> Vec<PathBuf> {
+            let listening = listening_unix_sockets();
+            dir_entries(Path::new(SHIM_SOCKET_DIR))
+                .into_iter()
+                .filter(|p| ours.contains(p))
+                .filter(|p| {
+                    fs::symlink_metadata(p)
+                        .map(|m| m.file_type().is_socket())
+                        .unwrap_or(false)
+                })
+                .filter(|p| !listening.iter().any(|l| l == p.as_os_str().as_bytes()))
+                .collect()
+        };
+        let first = candidates();
+        if first.is_empty() {
+            return first;
+        }
+        thread::sleep(Duration::from_millis(300));
+        candidates().into_iter().filter(|p| first.contains(p)).collect()
+    }
+
     fn ctr_cmd(&self, args: &[&str]) -> Command {
+        self.note(args);
         let mut cmd = Command::new(self.ctr_bin());
         cmd.args(["--address", &self.address, "-n", &self.namespace]);
         let words = match args {
@@ -441,7 +493,7 @@ impl Containerd {
                 found.push(format!("cgroup {}", e.display()));
             }
         }
-        for s in stale_shim_sockets(self.started) {
+        for s in self.stale_shim_sockets() {
             found.push(format!("shim socket without listener {}", s.display()));
         }
         found
@@ -605,34 +657,4 @@ pub fn shim_processes(address: &str, dir: &Path) -> Vec<(u32, Vec<String>)> {
 
 fn shim_pids(address: &str, dir: &Path) -> Vec<u32> {
     shim_processes(address, dir).into_iter().map(|(pid, _)| pid).collect()
-}
-
-/// Sockets in /run/containerd/s created since `since` that nothing listens
-/// on. The dir is shared by every containerd on the host, so only recent
-/// ones are considered, and a socket must be dead on two looks 300 ms apart
-/// (a shim that is just exiting removes its socket a moment later).
-fn stale_shim_sockets(since: SystemTime) -> Vec<PathBuf> {
-    let since = since
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-        - 1;
-    let candidates = || -> Vec<PathBuf> {
-        let listening = listening_unix_sockets();
-        dir_entries(Path::new(SHIM_SOCKET_DIR))
-            .into_iter()
-            .filter(|p| {
-                fs::symlink_metadata(p)
-                    .map(|m| m.file_type().is_socket() && m.ctime() >= since)
-                    .unwrap_or(false)
-            })
-            .filter(|p| !listening.iter().any(|l| l == p.as_os_str().as_bytes()))
-            .collect()
-    };
-    let first = candidates();
-    if first.is_empty() {
-        return first;
-    }
-    thread::sleep(Duration::from_millis(300));
-    candidates().into_iter().filter(|p| first.contains(p)).collect()
 }
