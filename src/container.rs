@@ -338,13 +338,13 @@ impl Container {
             PathBuf::from(&o.work_path)
         };
         fs::create_dir_all(&work).ctx(|| format!("creating CRIU work dir {}", work.display()))?;
-        let r = self
-            .runc
-            .checkpoint(&self.id, o, &image, &work)
-            .map_err(|e| e.context("OCI runtime checkpoint failed"));
-        if r.is_err() {
-            let _ = fs::copy(work.join("dump.log"), self.bundle.criu_log("dump.log"));
-        }
+        let r = self.runc.checkpoint(&self.id, o, &image, &work).map_err(|e| {
+            // As the Go shim: CRIU's log kept in the bundle, and the error says where it is.
+            let log = self.bundle.criu_log("dump.log");
+            let _ = fs::copy(work.join("dump.log"), &log);
+            e.context("OCI runtime checkpoint failed")
+                .suffix(format_args!(" path= {}", log.display()))
+        });
         if o.work_path.is_empty() {
             let _ = fs::remove_dir_all(&work);
         }

@@ -41,6 +41,16 @@ impl Error {
     /// Prefixes the message with what was being done, keeping the code.
     pub(crate) fn context(self, what: impl fmt::Display) -> Error {
         let msg = format!("{what}: {}", self.message());
+        self.with_message(msg)
+    }
+
+    /// Appends `tail` to the message, keeping the code.
+    pub(crate) fn suffix(self, tail: impl fmt::Display) -> Error {
+        let msg = format!("{}{tail}", self.message());
+        self.with_message(msg)
+    }
+
+    fn with_message(self, msg: String) -> Error {
         match self {
             Error::NotFound(_) => Error::NotFound(msg),
             Error::AlreadyExists(_) => Error::AlreadyExists(msg),

@@ -58,6 +58,21 @@ fn checkpoint_a_running_task() {
                 work.join("dump.log").exists() || err.to_lowercase().contains("criu"),
                 "{err}"
             );
+            // As the Go shim's: the error ends with where CRIU's log is kept, in the bundle.
+            let log = c
+                .dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(&c.namespace)
+                .join(&id)
+                .join("criu-dump.log");
+            assert!(
+                err.contains(&format!("path= {}", log.display())),
+                "the error does not name {}: {err}",
+                log.display()
+            );
+            if work.join("dump.log").exists() {
+                assert!(log.exists(), "CRIU's dump.log was not kept in the bundle");
+            }
         }
     }
     // Either way the task keeps running (checkpoint without --exit leaves it running).
