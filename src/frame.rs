@@ -133,6 +133,9 @@ pub fn read_payload(r: &mut impl Read, h: &Header) -> std::io::Result<Vec<u8>> {
     Ok(payload)
 }
 
+/// What a [`Decoder`] keeps of its buffer between frames.
+const KEEP_CAPACITY: usize = 64 << 10;
+
 /// What [`Decoder::next_frame`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
@@ -191,6 +194,10 @@ impl Decoder {
     fn wait(&mut self) -> Option<Decoded> {
         self.buf.drain(..self.at);
         self.at = 0;
+        // One large frame must not leave its buffer behind on an idle connection.
+        if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() <= KEEP_CAPACITY {
+            self.buf.shrink_to(KEEP_CAPACITY);
+        }
         None
     }
 
@@ -312,5 +319,14 @@ mod tests {
         assert_eq!((h, p.as_slice()), (Header::new(7, TYPE_RESPONSE, 3), &b"abc"[..]));
         let e = read(&mut &buf[..buf.len() - 1]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_large_frame_does_not_leave_its_buffer_behind() {
+        let mut d = Decoder::new();
+        d.feed(&encode(1, TYPE_REQUEST, 0, &vec![1u8; 1 << 20]));
+        assert!(matches!(d.next_frame(), Some(Decoded::Frame(_, p)) if p.len() == 1 << 20));
+        assert_eq!(d.next_frame(), None);
+        assert!(d.buf.capacity() <= KEEP_CAPACITY, "kept {} bytes", d.buf.capacity());
     }
 }
