@@ -12,6 +12,8 @@
 # on VENV_DIR.lock.
 #
 # Python: $PYTHON, else Debian's /usr/bin/python3, else python3 on PATH.
+# CRI_DEPS_OFFLINE=1: install nothing, only check that the venv is ready (a machine without network
+# whose venv and images were made elsewhere: the cgroup v2 guest of scripts/vm/test-cgroup2.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +36,8 @@ apt_install() {
   fi
   rm -f "$log"
 }
-if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
+offline=${CRI_DEPS_OFFLINE:-}
+if [ -z "$offline" ] && command -v dpkg-query >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
   missing=()
   for p in gcc libc6-dev python3 python3-venv; do
     is_installed "$p" || missing+=("$p")
@@ -65,6 +68,10 @@ want="$("$py" -c 'import sys; print(sys.version.split()[0])') ${REQS[*]}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
   "$venv/bin/python" -c 'import grpc, grpc_tools.protoc' 2>/dev/null; then
   exit 0
+fi
+if [ -n "$offline" ]; then
+  echo "install-cri-deps.sh: CRI_DEPS_OFFLINE is set and $venv is not ready (want: $want)" >&2
+  exit 1
 fi
 
 if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then

@@ -210,7 +210,31 @@ const OOM_RUNS: usize = 20;
 /// and asserts that every one published /tasks/oom before its /tasks/exit.
 fn every_oom_is_published_before_the_exit(extra: impl Fn(&Containerd, &str) -> Vec<String>) {
     let c = Containerd::start();
-    let mut events = Events::start(&c);
+    let missed = oom_kills(&c, RUNTIME, OOM_RUNS, extra);
+    // How often the container's memory.events was gone already and its parent's counter told (src/oom.rs).
+    let late = c.log_tail(1_000_000).matches("its parent counted").count();
+    eprintln!(
+        "OOM before exit in {} of {OOM_RUNS} runs ({late} read from the parent's memory.events)",
+        OOM_RUNS - missed.len()
+    );
+    assert!(
+        missed.is_empty(),
+        "{} of {OOM_RUNS} missed:\n{}",
+        missed.len(),
+        missed.join("\n")
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+/// Runs `runs` containers on `runtime` whose init exceeds a 32 MiB limit and returns those that did not
+/// publish /tasks/oom before their /tasks/exit (with what the shim logged of them).
+fn oom_kills(
+    c: &Containerd,
+    runtime: &str,
+    runs: usize,
+    extra: impl Fn(&Containerd, &str) -> Vec<String>,
+) -> Vec<String> {
+    let mut events = Events::start(c);
     // Subscribed once it reports a first event.
     let probe = unique_id("probe");
     c.ctr_ok(&["containers", "create", IMAGE, &probe]);
@@ -220,10 +244,10 @@ fn every_oom_is_published_before_the_exit(extra: impl Fn(&Containerd, &str) -> V
     c.ctr_ok(&["containers", "rm", &probe]);
 
     let mut ids = Vec::new();
-    for _ in 0..OOM_RUNS {
+    for _ in 0..runs {
         let id = unique_id("oom2");
-        let more = extra(&c, &id);
-        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, "--memory-limit", "33554432"];
+        let more = extra(c, &id);
+        let mut a = vec!["run", "--rm", "--runtime", runtime, "--memory-limit", "33554432"];
         a.extend(more.iter().map(String::as_str));
         // The init itself is killed (dd's 64 MiB buffer cannot fit), so the cgroup empties at once: with
         // SystemdCgroup, systemd then removes the scope, memory.events with it, right away.
@@ -259,19 +283,7 @@ fn every_oom_is_published_before_the_exit(extra: impl Fn(&Containerd, &str) -> V
             missed.push(format!("{id}: {topics:?}\n  {}", seen.join("\n  ")));
         }
     }
-    // How often the container's memory.events was gone already and its parent's counter told (src/oom.rs).
-    let late = c.log_tail(1_000_000).matches("its parent counted").count();
-    eprintln!(
-        "OOM before exit in {} of {OOM_RUNS} runs ({late} read from the parent's memory.events)",
-        OOM_RUNS - missed.len()
-    );
-    assert!(
-        missed.is_empty(),
-        "{} of {OOM_RUNS} missed:\n{}",
-        missed.len(),
-        missed.join("\n")
-    );
-    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+    missed
 }
 
 #[test]
@@ -297,6 +309,32 @@ fn oom_every_time_with_systemd_cgroup() {
             format!("system.slice:rroom:{id}"),
         ]
     });
+}
+
+/// The Go shim (Debian's containerd-shim-runc-v2) on the same OOM kills: a figure printed for
+/// comparison, not asserted (issue 14 measured it missing ~4 in 10 under the systemd driver).
+#[test]
+fn go_shim_oom_figure() {
+    if skip_unless_v2_systemd() {
+        return;
+    }
+    const GO_RUNS: usize = 10;
+    let c = Containerd::start();
+    let systemd = oom_kills(&c, "io.containerd.runc.v2", GO_RUNS, |_, id| {
+        vec![
+            "--runc-systemd-cgroup".into(),
+            "--cgroup".into(),
+            format!("system.slice:rroom:{id}"),
+        ]
+    });
+    let cgroupfs = oom_kills(&c, "io.containerd.runc.v2", GO_RUNS, |_, _| Vec::new());
+    eprintln!(
+        "Go shim (containerd-shim-runc-v2): OOM before exit in {} of {GO_RUNS} runs with SystemdCgroup, {} of \
+         {GO_RUNS} with cgroupfs",
+        GO_RUNS - systemd.len(),
+        GO_RUNS - cgroupfs.len()
+    );
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
 }
 
 fn systemctl(args: &[&str]) -> String {

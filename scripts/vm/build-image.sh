@@ -6,8 +6,9 @@
 # * the kernel: linux-image-cloud-amd64's image package, fetched with `apt-get download`, unpacked;
 # * initrd.img: busybox-static + the virtio modules (built as modules in Debian's cloud kernel), an
 #   /init that loads them, mounts /dev/vda and switches to it;
-# * root.img: a `debootstrap --variant=minbase` bookworm with systemd, containerd, runc and
-#   busybox-static, packed by `mkfs.ext4 -d` (no loop mount). It is used read-only (qemu snapshot=on).
+# * root.img: a `debootstrap --variant=minbase` bookworm with systemd, containerd, runc,
+#   busybox-static and python3 (the CRI test's client; its venv comes in on the job disk, as the guest
+#   has no network), packed by `mkfs.ext4 -d` (no loop mount). It is used read-only (qemu snapshot=on).
 # The guest boots with systemd as PID 1 on the unified hierarchy; the kernel argument
 # `systemd.wants=rustrunc-job.service` starts the job unit (see run.sh), which powers off.
 set -euo pipefail
@@ -79,7 +80,7 @@ chmod 755 "$ird/init"
 step "root: debootstrap --variant=minbase $suite (a few minutes)"
 root=$work/root
 quiet debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,dbus,containerd,runc,busybox-static,kmod,procps,util-linux,tar,gzip \
+  --include=systemd,systemd-sysv,dbus,containerd,runc,busybox-static,kmod,procps,util-linux,tar,gzip,python3 \
   "$suite" "$root" "$mirror"
 step "root: configuring"
 mkdir -p "$root/lib/modules"

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# `make test-cgroup2`: runs the cgroup-sensitive integration tests (tests/cgroup2.rs, tests/cgroups.rs)
-# as root in a throwaway cgroup v2 (unified) guest with systemd as PID 1, under qemu.
+# `make test-cgroup2`: runs the cgroup-sensitive integration tests (tests/cgroup2.rs, tests/cgroups.rs,
+# tests/cgroup2_cri.rs) as root in a throwaway cgroup v2 (unified) guest with systemd as PID 1, under
+# qemu, on the guest's containerd 1.6; then tests/cgroup2.rs's lifecycle and systemd OOM tests again on
+# sid's containerd 2.x (target/containerd/sid, scripts/fetch-containerd.sh), through
+# RR_CONTAINERD_BIN_DIR.
 #
 # The guest image (kernel, initramfs, root disk) is built once by build-image.sh into
 # target/vm/image-<hash of build-image.sh> and reused until that script changes. The test binaries are
 # built here (`cargo test --no-run`) and the shim by `make build` (static); both travel in on the job
 # disk (run.sh). The static shim is put where the tests expect theirs (CARGO_BIN_EXE_...), and the
-# test fixtures where CARGO_MANIFEST_DIR says.
+# test fixtures where CARGO_MANIFEST_DIR says. The guest has no network: what the CRI test would fetch
+# or build (the Python venv of scripts/install-cri-deps.sh, the pause and busybox images, which need gcc)
+# is made here and carried in too.
 # CGROUP2_TEST_ARGS: extra arguments for every test binary (a name filter, say).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,7 +35,8 @@ else
 fi
 
 make --no-print-directory build >/dev/null
-tests=(cgroup2 cgroups)
+bash scripts/fetch-containerd.sh sid
+tests=(cgroup2 cgroups cgroup2_cri)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 cargo test --no-run "${args[@]}" 2>&1 | tee "$repo/target/vm/build.log" >&2
@@ -45,6 +51,15 @@ mkdir -p "$job/tests"
 for e in $exes; do cp "$e" "$job/tests/"; done
 cp target/release/containerd-shim-rustrunc-v2 "$job/shim"
 cp -a test-fixtures "$job/"
+# The CRI test's client, its venv (the guest's python3 is the host's: same Debian release), images.
+mkdir -p "$job/scripts" "$job/tests/cri" "$job/images" "$job/sid"
+cp scripts/install-cri-deps.sh "$job/scripts/"
+cp tests/cri/cri_client.py tests/cri/api.proto "$job/tests/cri/"
+bash scripts/install-cri-deps.sh "$target/cri-venv"
+cp -a "$target/cri-venv" "$job/"
+bash test-fixtures/build-image.sh "$job/images/cri-busybox.oci.tar" docker.io/library/rustrunc-busybox:latest
+bash test-fixtures/pause/build-pause-image.sh "$job/images/cri-pause.oci.tar" registry.k8s.io/pause:rustrunc-test
+cp -L target/containerd/sid/usr/bin/containerd target/containerd/sid/usr/bin/ctr "$job/sid/"
 {
   printf 'MANIFEST_DIR=%q\n' "$repo"
   printf 'TARGET_DIR=%q\n' "$target"
@@ -58,16 +73,36 @@ out=$1
 mkdir -p "$MANIFEST_DIR" "$TARGET_DIR/debug" "$TARGET_DIR/tmp"
 cp -a test-fixtures "$MANIFEST_DIR/"
 cp shim "$TARGET_DIR/debug/containerd-shim-rustrunc-v2"
+mkdir -p "$MANIFEST_DIR/scripts" "$MANIFEST_DIR/tests/cri" "$MANIFEST_DIR/target/containerd/sid/usr/bin"
+cp scripts/install-cri-deps.sh "$MANIFEST_DIR/scripts/"
+cp tests/cri/* "$MANIFEST_DIR/tests/cri/"
+cp -a cri-venv "$TARGET_DIR/"
+# Newer than their inputs: the harness uses them as they are (it cannot build the pause image: no gcc).
+cp images/*.tar "$TARGET_DIR/tmp/"
+cp -a sid/* "$MANIFEST_DIR/target/containerd/sid/usr/bin/"
+export CRI_DEPS_OFFLINE=1
+# CRI copies the node's /etc/hosts and /etc/resolv.conf into a host-network pod; minbase has neither.
+[ -e /etc/hosts ] || printf '127.0.0.1 localhost\n::1 localhost ip6-localhost\n' >/etc/hosts
+[ -e /etc/resolv.conf ] || : >/etc/resolv.conf
 echo "guest: kernel $(uname -r), /sys/fs/cgroup is $(stat -fc %T /sys/fs/cgroup), PID 1 is $(cat /proc/1/comm)"
 echo "guest: $(containerd --version), $(runc --version | head -n1), $(systemctl --version | head -n1)"
 rc=0
 for t in tests/*; do
+  [ -f "$t" ] || continue
   start=$SECONDS
   # shellcheck disable=SC2086
   RUST_BACKTRACE=1 "./$t" --test-threads=1 --nocapture $TEST_ARGS || rc=1
   echo "guest: $(basename "$t") took $((SECONDS - start))s"
 done
-left=$(systemctl list-units --all --no-legend | grep -E 'rrtest|rroom' || true)
+# containerd 2.x: the lifecycle and the OOM kills under SystemdCgroup (or what TEST_ARGS names).
+sid=$MANIFEST_DIR/target/containerd/sid/usr/bin
+echo "guest: again on $("$sid/containerd" --version)"
+start=$SECONDS
+# shellcheck disable=SC2086
+RR_CONTAINERD_BIN_DIR=$sid RUST_BACKTRACE=1 ./tests/cgroup2-* --test-threads=1 --nocapture \
+  ${TEST_ARGS:-lifecycle_exec_freezer_and_kill_all oom_every_time_with_systemd_cgroup} || rc=1
+echo "guest: cgroup2 on containerd 2.x took $((SECONDS - start))s"
+left=$(systemctl list-units --all --no-legend | grep -E 'rrtest|rroom|kubepods|cri-containerd' || true)
 [ -z "$left" ] || { echo "guest: units left behind:"; echo "$left"; rc=1; }
 exit $rc
 GUEST
