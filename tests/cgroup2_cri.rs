@@ -15,9 +15,6 @@
 //! runs it in such a guest. One test per containerd: Debian 12's 1.6 and sid's 2.x (when
 //! target/containerd/sid has it, see scripts/fetch-containerd.sh).
 
-// The CRI harness builds on tests/common (its bounded command runner, leftover scans).
-mod common;
-#[path = "cri/harness.rs"]
 mod harness;
 
 use std::fs;
@@ -28,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use harness::{CriClient, CriContainerd, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE};
+use harness::cri::{
+    CriClient, CriContainerd, Registration, Release, BUSYBOX_IMAGE, CRI_NAMESPACE, HANDLER, PAUSE_IMAGE,
+};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const LONG: Duration = Duration::from_secs(60);
@@ -123,26 +122,6 @@ fn cgroup_of(pid: u32) -> (String, PathBuf) {
     (rel, dir)
 }
 
-/// The handler's runc options say SystemdCgroup = true, as a node whose kubelet uses the systemd driver
-/// has them. The harness writes `SystemdCgroup = false`: 1.6 reads the options file (CRI passes its path
-/// with every task), 1.7/2.x have them inline in containerd's config, which needs a restart.
-fn use_systemd_cgroup(c: &mut CriContainerd) {
-    let (file, restart) = match &c.options_file {
-        Some(f) => (f.clone(), false),
-        None => (c.dir.join("config.toml"), true),
-    };
-    let text = fs::read_to_string(&file).unwrap();
-    assert!(
-        text.contains("SystemdCgroup = false"),
-        "{} has no `SystemdCgroup = false` to turn on:\n{text}",
-        file.display()
-    );
-    fs::write(&file, text.replace("SystemdCgroup = false", "SystemdCgroup = true")).unwrap();
-    if restart {
-        c.restart(Duration::ZERO);
-    }
-}
-
 #[test]
 fn containerd_1_6() {
     kubelet_pod_with_systemd_driver(Release::system());
@@ -157,14 +136,9 @@ fn kubelet_pod_with_systemd_driver(release: Release) {
     if let Some(reason) = unsupported_host() {
         return harness::skip(reason);
     }
-    if let Some(reason) = harness::unsupported(&release) {
-        return harness::skip(&reason);
-    }
-    let py = match harness::python_env() {
-        Ok(py) => py,
-        Err(reason) => return harness::skip(&reason),
+    let Some((py, _one_at_a_time)) = harness::cri::prepare(&release) else {
+        return;
     };
-    let _one_at_a_time = harness::serialize();
 
     // A pod uid as the API server makes them; systemd unit names use `-` for nesting, so the kubelet
     // escapes the uid's dashes as `_`.
@@ -185,8 +159,9 @@ fn kubelet_pod_with_systemd_driver(release: Release) {
         }
     }
 
-    let mut c = CriContainerd::start(&release);
-    use_systemd_cgroup(&mut c);
+    // The handler's runc options say SystemdCgroup = true, as on a node whose kubelet uses the
+    // systemd driver.
+    let c = CriContainerd::start_with(&release, Registration::OwnType, true);
     let mut cri = c.client(&py);
     let cri = &mut cri;
     let version = ok(cri, &c, "Version", json!({"version": "v1"}));

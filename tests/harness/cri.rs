@@ -337,6 +337,12 @@ impl CriContainerd {
 
     /// `start`, with the handler registered as `registration` says.
     pub fn start_as(release: &Release, registration: Registration) -> CriContainerd {
+        CriContainerd::start_with(release, registration, false)
+    }
+
+    /// `start_as`, with the handler's runc options saying `SystemdCgroup = systemd_cgroup` (what a
+    /// node whose kubelet uses the systemd cgroup driver has).
+    pub fn start_with(release: &Release, registration: Registration, systemd_cgroup: bool) -> CriContainerd {
         let version = release.version().unwrap_or_else(|e| panic!("{e}"));
         let flavor = Flavor::of(&version).unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -374,7 +380,7 @@ impl CriContainerd {
         // The runc options of the handler: BinaryName = the wrapper, Root =
         // a runc root in the temp dir (runc state goes to <Root>/k8s.io/<id>).
         let runc_options = format!(
-            "BinaryName = \"{}\"\nRoot = \"{}\"\nSystemdCgroup = false\n",
+            "BinaryName = \"{}\"\nRoot = \"{}\"\nSystemdCgroup = {systemd_cgroup}\n",
             wrapper.display(),
             runc_root.display()
         );
