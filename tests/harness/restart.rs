@@ -1,8 +1,9 @@
 //! Stopping the harness's containerd and starting another one on the same config, root, state and
 //! socket: what a containerd restart (upgrade, crash, systemctl restart) looks like to a shim.
 //!
-//! The containerd layer owns the first containerd (`Containerd`, a `Child` it reaps on drop); it has no
-//! restart API. `stop` sends that process SIGTERM (found through its `--config <dir>/config.toml`
+//! The containerd layer owns the first containerd (`Containerd`, a `Child` it reaps on drop); its
+//! `Containerd::restart` takes `&mut` and comes back at once. This module stops and starts separately,
+//! with only `&Containerd`, so that a test can act during the outage. `stop` sends that process SIGTERM (found through its `--config <dir>/config.toml`
 //! argv) and `Restarted::start` runs `containerd --config <dir>/config.toml` again with the same
 //! PATH. The `Restarted` guard, dropped before the `Containerd` it borrows, removes tasks and
 //! containers through the new containerd and stops it; the harness's own Drop then finds its child
