@@ -150,8 +150,9 @@ impl Service {
             // It can never run now: its Waits are answered rather than left parked for good (the
             // Go shim leaves them blocked); it stays created.
             start.failed_to_run();
+            // The Go shim's text (errgrpc's ": failed precondition" tail), which users grep for.
             return Err(Error::FailedPrecondition(format!(
-                "container {} init process is not running",
+                "container {} init process is not running: failed precondition",
                 c.id
             )));
         }
