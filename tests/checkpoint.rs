@@ -59,12 +59,7 @@ fn checkpoint_a_running_task() {
                 "{err}"
             );
             // As the Go shim's: the error ends with where CRIU's log is kept, in the bundle.
-            let log = c
-                .dir
-                .join("state/io.containerd.runtime.v2.task")
-                .join(&c.namespace)
-                .join(&id)
-                .join("criu-dump.log");
+            let log = c.bundle(&id).join("criu-dump.log");
             assert!(
                 err.contains(&format!("path= {}", log.display())),
                 "the error does not name {}: {err}",

@@ -25,13 +25,6 @@ fn ctr_stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn bundle_of(c: &Containerd, id: &str) -> PathBuf {
-    c.dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(id)
-}
-
 fn runc_root(c: &Containerd) -> PathBuf {
     Path::new("/run/containerd/runc").join(&c.namespace)
 }
@@ -672,12 +665,7 @@ fn shim_with_processes(c: &Containerd, id: &str) -> (u32, PathBuf, Vec<u32>, Kil
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
     let shim = procs::shim_daemon(&c.address, id).expect("shim");
-    let socket = PathBuf::from(
-        std::fs::read_to_string(bundle_of(c, id).join("address"))
-            .unwrap()
-            .trim()
-            .trim_start_matches("unix://"),
-    );
+    let socket = PathBuf::from(c.shim_socket(id));
     (shim, socket, pids, exec)
 }
 

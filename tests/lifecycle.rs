@@ -355,17 +355,9 @@ fn daemon_socket_permissions_oom_score_and_fds() {
     let c = Containerd::start();
     let id = unique_id("daemon");
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(&id);
-    let address = read_trim(bundle.join("address"));
-    let socket = address
-        .strip_prefix("unix://")
-        .unwrap_or_else(|| panic!("address file: {address:?}"));
+    let socket = c.shim_socket(&id);
     let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(socket), 0o600, "socket {socket}");
+    assert_eq!(mode(&socket), 0o600, "socket {socket}");
     assert_eq!(mode("/run/containerd/s"), 0o700);
 
     let pid = shim_pid(&id).expect("shim process");
@@ -411,7 +403,7 @@ fn daemon_socket_permissions_oom_score_and_fds() {
     }
     c.ctr_ok(&["task", "rm", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
-    assert!(!std::path::Path::new(socket).exists(), "socket {socket} not removed");
+    assert!(!std::path::Path::new(&socket).exists(), "socket {socket} not removed");
     assert_clean(&c);
 }
 
@@ -424,14 +416,7 @@ fn sigterm_stops_the_shim_and_containerd_cleans_up() {
     let id = unique_id("sigterm");
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
     let pid = shim_pid(&id).expect("shim process");
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(&id);
-    let socket = read_trim(bundle.join("address"))
-        .trim_start_matches("unix://")
-        .to_string();
+    let socket = c.shim_socket(&id);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -517,13 +502,8 @@ fn task_v3_service_and_other_users_refused() {
     let c = Containerd::start();
     let id = unique_id("v3");
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(&id);
-    let address = read_trim(bundle.join("address"));
-    let socket = address.trim_start_matches("unix://").to_string();
+    let address = c.shim_address(&id);
+    let socket = c.shim_socket(&id);
 
     // containerd 2.x's task API v3 is served beside v2, same messages.
     let client = ttrpc::Client::connect(&address).unwrap();
@@ -647,14 +627,7 @@ fn sigkill_of_the_shim_is_cleaned_up_by_shim_delete() {
     let id = unique_id("shimkill");
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sleep", "1000"]);
     let pid = shim_pid(&id).expect("shim process");
-    let bundle = c
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(&id);
-    let socket = read_trim(bundle.join("address"))
-        .trim_start_matches("unix://")
-        .to_string();
+    let socket = c.shim_socket(&id);
     let ls = c.ctr_ok(&["task", "ls"]);
     let cpid: i32 = ls
         .lines()

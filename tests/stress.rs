@@ -332,8 +332,7 @@ fn churn_residue(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> 
             v.push(format!("runc state {}", e.display()));
         }
     }
-    let bundles = c.dir.join("state/io.containerd.runtime.v2.task").join(&c.namespace);
-    for e in procs::entries(&bundles) {
+    for e in procs::entries(&c.bundles()) {
         if e.file_name().and_then(|n| n.to_str()) != Some(anchor) {
             v.push(format!("bundle {}", e.display()));
         }

@@ -106,17 +106,10 @@ fn task_pid(c: &Containerd, id: &str) -> String {
         .to_string()
 }
 
-fn bundle(c: &Containerd, id: &str) -> PathBuf {
-    c.dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&c.namespace)
-        .join(id)
-}
-
 /// Which task API containerd settled on for the shim of `id`, from the bundle: 2.x records the shim's
 /// `start` reply in bootstrap.json; 1.x has only the shim's `address` file and speaks v2 only.
 fn task_api(c: &Containerd, id: &str) -> String {
-    let b = bundle(c, id);
+    let b = c.bundle(id);
     let address = std::fs::read_to_string(b.join("address")).expect("the shim writes <bundle>/address");
     assert!(
         address.starts_with("unix:///run/containerd/s/"),

@@ -261,17 +261,39 @@ impl Containerd {
         wait_containerd_ready(&mut self.child, &ctr, &self.address, &self.dir, START_TIMEOUT);
     }
 
+    /// Where containerd keeps the bundles of this namespace's tasks.
+    pub fn bundles(&self) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+    }
+
+    /// The bundle of task `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.bundles().join(id)
+    }
+
+    /// The `unix://` address the shim serving `id` wrote into its bundle.
+    pub fn shim_address(&self, id: &str) -> String {
+        let file = self.bundle(id).join("address");
+        let address = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        address.trim().to_string()
+    }
+
+    /// The path of the socket of the shim serving `id`.
+    pub fn shim_socket(&self, id: &str) -> String {
+        let address = self.shim_address(id);
+        match address.strip_prefix("unix://") {
+            Some(path) => path.to_string(),
+            None => panic!("address file of {id}: {address:?} is not unix://"),
+        }
+    }
+
     /// A ttrpc client of the shim serving container `id`, found through the bundle's address file
     /// (for the calls ctr has no command for, such as Update).
     pub fn shim_client(&self, id: &str) -> containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient {
-        let bundle = self
-            .dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&self.namespace)
-            .join(id);
-        let address = std::fs::read_to_string(bundle.join("address")).expect("address file");
         containerd_shim_rustrunc_v2::protos::shim::shim_ttrpc::TaskClient::new(
-            ttrpc::Client::connect(address.trim()).expect("connecting to the shim"),
+            ttrpc::Client::connect(&self.shim_address(id)).expect("connecting to the shim"),
         )
     }
 
@@ -481,11 +503,7 @@ impl Containerd {
         for e in dir_entries(&self.runc_root()) {
             found.push(format!("runc state {}", e.display()));
         }
-        let bundles = self
-            .dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&self.namespace);
-        for e in dir_entries(&bundles) {
+        for e in dir_entries(&self.bundles()) {
             found.push(format!("bundle dir {}", e.display()));
         }
         for cg in cgroup_dirs(&self.namespace) {
