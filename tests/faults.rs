@@ -30,11 +30,8 @@ fn runc_root(c: &Containerd) -> PathBuf {
 }
 
 fn assert_clean(c: &Containerd) {
-    let left = harness::eventually(Duration::from_secs(15), || {
-        let l = c.leftovers();
-        l.is_empty().then_some(())
-    });
-    assert!(left.is_some(), "left behind: {:#?}", c.leftovers());
+    let left = c.leftovers();
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
 /// Removes container `id` whatever state its task is in (bounded ctr calls).
@@ -709,15 +706,15 @@ fn sigkilled_shim_is_cleaned_up_by_containerd() {
     );
     c.ctr_ok(&["containers", "rm", &id]);
     // The socket is the subject of killed_shims_socket_is_removed; everything else must be gone.
-    let left: Vec<String> = harness::eventually(Duration::from_secs(10), || {
+    let left: Vec<String> = harness::eventually(Duration::from_secs(30), || {
         let l: Vec<String> = c
-            .leftovers()
+            .leftovers_now()
             .into_iter()
             .filter(|l| !l.starts_with("shim socket without listener"))
             .collect();
         l.is_empty().then_some(l)
     })
-    .unwrap_or_else(|| c.leftovers());
+    .unwrap_or_else(|| c.leftovers_now());
     assert!(left.is_empty(), "{left:#?}");
 }
 
@@ -828,7 +825,7 @@ fn runc_killed_mid_create_fails_cleanly() {
         // An empty cgroup runc made before it was killed is the subject of
         // runc_killed_mid_create_leaves_no_cgroup; a process in it would be a leak here.
         let residue = || -> Vec<String> {
-            c.leftovers()
+            c.leftovers_now()
                 .into_iter()
                 .filter(|l| {
                     l.strip_prefix("cgroup ")
@@ -837,7 +834,7 @@ fn runc_killed_mid_create_fails_cleanly() {
                 })
                 .collect()
         };
-        let left = harness::eventually(Duration::from_secs(15), || residue().is_empty().then_some(()));
+        let left = harness::eventually(Duration::from_secs(30), || residue().is_empty().then_some(()));
         assert!(left.is_some(), "{what}: left behind: {:#?}", residue());
     }
 }

@@ -48,11 +48,11 @@ fn leftover_sockets_are_scoped_to_this_containerds_ids() {
     };
     let _ours = dead(&path(&c));
     let _theirs = dead(&path(&other));
-    let left = c.leftovers();
+    let left = c.leftovers_now();
     assert_eq!(left.len(), 1, "{left:#?}");
     assert!(left[0].contains(&path(&c)), "{left:#?}");
     assert_eq!(
-        other.leftovers(),
+        other.leftovers_now(),
         Vec::<String>::new(),
         "the other's id was never given to it"
     );

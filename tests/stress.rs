@@ -320,7 +320,21 @@ fn check_exits(events: &str, expected: &[(String, String, u32)]) {
 }
 
 /// After the churn, with only the anchor left: the shims, runc state and fifos that remain.
+/// What the churn left behind, once it has had up to 30 s to settle: the last
+/// shims exit asynchronously after their `task rm` (each may spend up to 5 s
+/// delivering its last events).
 fn churn_residue(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> {
+    let started = Instant::now();
+    let mut last = Vec::new();
+    harness::eventually(Duration::from_secs(30), || {
+        last = churn_residue_now(c, anchor, anchor_shim);
+        last.is_empty().then_some(())
+    });
+    println!("residue scan settled after {} ms", started.elapsed().as_millis());
+    last
+}
+
+fn churn_residue_now(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> {
     let mut v = Vec::new();
     for pid in procs::shims_of(&c.address) {
         if pid != anchor_shim {
@@ -392,10 +406,10 @@ fn assert_own_socket_named_right(c: &Containerd, group: &str) {
 /// processes are checked apart), others are only printed.
 fn assert_nothing_left(c: &Containerd, groups: &[String]) {
     let own = own_sockets(c, groups);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (foreign, mut left): (Vec<String>, Vec<String>) = c
-            .leftovers()
+            .leftovers_now()
             .into_iter()
             .partition(|l| l.starts_with("shim socket without listener"));
         for (g, s) in &own {

@@ -473,10 +473,11 @@ impl Containerd {
     }
 
     /// Everything this containerd's containers left behind; [] after a clean
-    /// lifecycle. Shims exit asynchronously after `task delete`, so this
-    /// retries for up to 3 s before reporting.
+    /// lifecycle. Shims exit asynchronously after `task delete` (a shim may spend
+    /// up to 5 s delivering its last events), so this retries for up to 30 s
+    /// before reporting.
     pub fn leftovers(&self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let found = self.leftovers_now();
             if found.is_empty() || Instant::now() > deadline {
@@ -486,7 +487,8 @@ impl Containerd {
         }
     }
 
-    fn leftovers_now(&self) -> Vec<String> {
+    /// What is left behind at this instant, for a test that expects something.
+    pub fn leftovers_now(&self) -> Vec<String> {
         let mut found = Vec::new();
         for id in self.list("tasks") {
             found.push(format!("task {id} still exists"));

@@ -602,9 +602,10 @@ impl CriContainerd {
     }
 
     /// What this containerd's pods left behind; [] after a clean teardown.
-    /// Shims exit asynchronously after the last delete: retries for 5 s.
+    /// Shims exit asynchronously after the last delete (a shim may spend up to
+    /// 5 s delivering its last events): retries for 30 s.
     pub fn leftovers(&self, sockets: &[PathBuf]) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut found = Vec::new();
             for (pid, argv) in shim_processes(&self.address, &self.dir) {
