@@ -319,7 +319,6 @@ fn check_exits(events: &str, expected: &[(String, String, u32)]) {
     );
 }
 
-/// After the churn, with only the anchor left: the shims, runc state and fifos that remain.
 /// What the churn left behind, once it has had up to 30 s to settle: the last
 /// shims exit asynchronously after their `task rm` (each may spend up to 5 s
 /// delivering its last events).
@@ -334,6 +333,7 @@ fn churn_residue(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> 
     last
 }
 
+/// With only the anchor left: the shims, runc state, bundles and children that remain now.
 fn churn_residue_now(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> {
     let mut v = Vec::new();
     for pid in procs::shims_of(&c.address) {
