@@ -706,15 +706,12 @@ fn sigkilled_shim_is_cleaned_up_by_containerd() {
     );
     c.ctr_ok(&["containers", "rm", &id]);
     // The socket is the subject of killed_shims_socket_is_removed; everything else must be gone.
-    let left: Vec<String> = harness::eventually(Duration::from_secs(30), || {
-        let l: Vec<String> = c
-            .leftovers_now()
+    let left = harness::settled(harness::SHIM_EXIT_TIMEOUT, || {
+        c.leftovers_now()
             .into_iter()
             .filter(|l| !l.starts_with("shim socket without listener"))
-            .collect();
-        l.is_empty().then_some(l)
-    })
-    .unwrap_or_else(|| c.leftovers_now());
+            .collect()
+    });
     assert!(left.is_empty(), "{left:#?}");
 }
 
@@ -834,8 +831,8 @@ fn runc_killed_mid_create_fails_cleanly() {
                 })
                 .collect()
         };
-        let left = harness::eventually(Duration::from_secs(30), || residue().is_empty().then_some(()));
-        assert!(left.is_some(), "{what}: left behind: {:#?}", residue());
+        let left = harness::settled(harness::SHIM_EXIT_TIMEOUT, residue);
+        assert!(left.is_empty(), "{what}: left behind: {left:#?}");
     }
 }
 

@@ -319,18 +319,13 @@ fn check_exits(events: &str, expected: &[(String, String, u32)]) {
     );
 }
 
-/// What the churn left behind, once it has had up to 30 s to settle: the last
-/// shims exit asynchronously after their `task rm` (each may spend up to 5 s
-/// delivering its last events).
+/// What the churn left behind, once the last shims have had `SHIM_EXIT_TIMEOUT` to exit after
+/// their `task rm`.
 fn churn_residue(c: &Containerd, anchor: &str, anchor_shim: u32) -> Vec<String> {
     let started = Instant::now();
-    let mut last = Vec::new();
-    harness::eventually(Duration::from_secs(30), || {
-        last = churn_residue_now(c, anchor, anchor_shim);
-        last.is_empty().then_some(())
-    });
+    let left = harness::settled(harness::SHIM_EXIT_TIMEOUT, || churn_residue_now(c, anchor, anchor_shim));
     println!("residue scan settled after {} ms", started.elapsed().as_millis());
-    last
+    left
 }
 
 /// With only the anchor left: the shims, runc state, bundles and children that remain now.
@@ -406,7 +401,7 @@ fn assert_own_socket_named_right(c: &Containerd, group: &str) {
 /// processes are checked apart), others are only printed.
 fn assert_nothing_left(c: &Containerd, groups: &[String]) {
     let own = own_sockets(c, groups);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + harness::SHIM_EXIT_TIMEOUT;
     loop {
         let (foreign, mut left): (Vec<String>, Vec<String>) = c
             .leftovers_now()

@@ -65,6 +65,9 @@ pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
 pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// A ctr command that takes longer than this is hung: kill it and fail.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a leftover scan lets shims exit. A shim exits after Shutdown once its last events
+/// are delivered, which it bounds at 5 s; this leaves room for a loaded machine.
+pub const SHIM_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Shorter bound for each ctr call made during cleanup.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -473,18 +476,10 @@ impl Containerd {
     }
 
     /// Everything this containerd's containers left behind; [] after a clean
-    /// lifecycle. Shims exit asynchronously after `task delete` (a shim may spend
-    /// up to 5 s delivering its last events), so this retries for up to 30 s
-    /// before reporting.
+    /// lifecycle. Shims exit asynchronously after `task delete`: retries for
+    /// up to `SHIM_EXIT_TIMEOUT` before reporting.
     pub fn leftovers(&self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.leftovers_now();
-            if found.is_empty() || Instant::now() > deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        settled(SHIM_EXIT_TIMEOUT, || self.leftovers_now())
     }
 
     /// What is left behind at this instant, for a test that expects something.

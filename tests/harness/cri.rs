@@ -602,38 +602,35 @@ impl CriContainerd {
     }
 
     /// What this containerd's pods left behind; [] after a clean teardown.
-    /// Shims exit asynchronously after the last delete (a shim may spend up to
-    /// 5 s delivering its last events): retries for 30 s.
+    /// Shims exit asynchronously after the last delete: retries for up to `SHIM_EXIT_TIMEOUT`.
     pub fn leftovers(&self, sockets: &[PathBuf]) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut found = Vec::new();
-            for (pid, argv) in shim_processes(&self.address, &self.dir) {
-                found.push(format!("shim process {pid}: {}", argv.join(" ")));
-            }
-            for m in mounts_under(&self.dir) {
-                found.push(format!("mount {m}"));
-            }
-            for s in sockets.iter().filter(|s| fs::symlink_metadata(s).is_ok()) {
-                found.push(format!("shim socket {}", s.display()));
-            }
-            for e in self.runc_state() {
-                found.push(format!("runc state {}", e.display()));
-            }
-            let bundles = self.dir.join("state/io.containerd.runtime.v2.task").join(CRI_NAMESPACE);
-            for e in dir_entries(&bundles) {
-                found.push(format!("bundle dir {}", e.display()));
-            }
-            for cg in self.cgroup_dirs() {
-                for e in dir_entries(&cg).into_iter().filter(|e| e.is_dir()) {
-                    found.push(format!("cgroup {}", e.display()));
-                }
-            }
-            if found.is_empty() || Instant::now() > deadline {
-                return found;
-            }
-            thread::sleep(Duration::from_millis(100));
+        super::settled(super::SHIM_EXIT_TIMEOUT, || self.leftovers_now(sockets))
+    }
+
+    fn leftovers_now(&self, sockets: &[PathBuf]) -> Vec<String> {
+        let mut found = Vec::new();
+        for (pid, argv) in shim_processes(&self.address, &self.dir) {
+            found.push(format!("shim process {pid}: {}", argv.join(" ")));
         }
+        for m in mounts_under(&self.dir) {
+            found.push(format!("mount {m}"));
+        }
+        for s in sockets.iter().filter(|s| fs::symlink_metadata(s).is_ok()) {
+            found.push(format!("shim socket {}", s.display()));
+        }
+        for e in self.runc_state() {
+            found.push(format!("runc state {}", e.display()));
+        }
+        let bundles = self.dir.join("state/io.containerd.runtime.v2.task").join(CRI_NAMESPACE);
+        for e in dir_entries(&bundles) {
+            found.push(format!("bundle dir {}", e.display()));
+        }
+        for cg in self.cgroup_dirs() {
+            for e in dir_entries(&cg).into_iter().filter(|e| e.is_dir()) {
+                found.push(format!("cgroup {}", e.display()));
+            }
+        }
+        found
     }
 
     /// Best-effort teardown; every step is bounded and nothing panics.

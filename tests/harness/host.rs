@@ -295,6 +295,17 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// Polls `scan` until it finds nothing, for up to `timeout`; returns what the last scan found
+/// ([] once settled). For leftovers that go away asynchronously, such as a shim after Shutdown.
+pub fn settled(timeout: Duration, mut scan: impl FnMut() -> Vec<String>) -> Vec<String> {
+    let mut last = Vec::new();
+    eventually(timeout, || {
+        last = scan();
+        last.is_empty().then_some(())
+    });
+    last
+}
+
 /// Sends `sig` to `pid` (a process this test started, directly or through containerd).
 pub fn signal(pid: u32, sig: i32) {
     let sig = nix::sys::signal::Signal::try_from(sig).expect("a signal number");
